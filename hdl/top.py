@@ -1,0 +1,127 @@
+"""The whole appliance: feed port XGMII in, order port XGMII out, one register bus."""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring, fifo
+from amaranth.lib.wiring import In, Out, connect
+
+from .csr import CsrBank, CsrBusSignature, Register, registers_signature
+from .mac import MacRx, MacTx, XgmiiSignature
+from .net import NetRx, NetTx
+from .moldudp64 import MoldUdp64
+from .itch import ItchDecoder
+from .trigger import Trigger, intent_layout
+from .risk import Risk
+from .ouch import OuchEncoder, ENTER_ORDER_PACKET_LENGTH
+
+__all__ = ["Appliance", "Identity", "STAGE_ORDER"]
+
+#: Register windows in address order (stage name -> window index).
+STAGE_ORDER = ("id", "mac_rx", "net_rx", "moldudp64", "itch", "trigger", "risk", "ouch", "net_tx", "mac_tx")
+
+
+class Identity(wiring.Component):
+    """Identity and time: magic, register-map version, free-running cycle counter.
+
+    Members
+    -------
+    regs : Out(registers_signature(Identity.registers))
+
+    Latency
+    -------
+    None (constants and a counter).
+    """
+
+    registers = (
+        Register("magic", 32, "ro", "0x54574952, 'TWIR'."),
+        Register("regmap_version", 16, "ro", "Register map version; the host refuses a different one."),
+        Register("cycles", 64, "ro", "Core clock cycles since reset."),
+    )
+
+    def __init__(self):
+        super().__init__({"regs": Out(registers_signature(self.registers))})
+
+    def elaborate(self, platform):
+        from .csr import MAGIC, REGMAP_VERSION
+        m = Module()
+        cycles = Signal(64)
+        m.d.sync += cycles.eq(cycles + 1)
+        m.d.comb += [self.regs.magic.eq(MAGIC), self.regs.regmap_version.eq(REGMAP_VERSION),
+                     self.regs.cycles.eq(cycles)]
+        return m
+
+
+class Appliance(wiring.Component):
+    """Feed port -> MAC -> UDP filter -> MoldUDP64 -> ITCH -> trigger -> risk -> OUCH -> UDP -> MAC.
+
+    Parameters
+    ----------
+    order_queue_depth : int
+        Accepted orders waiting for the order port.
+    rx_buffer_words : int
+        Feed MAC store-and-forward buffer (64-bit words).
+
+    Members
+    -------
+    feed_rx : In(XgmiiSignature)
+    order_tx : Out(XgmiiSignature)
+    csr : In(CsrBusSignature)
+
+    Latency
+    -------
+    Tick-to-trade (first feed word of the frame in, start of the order frame out) is measured by
+    tests/hdl/test_top.py and printed by ``tickwire demo``.
+    """
+
+    def __init__(self, *, order_queue_depth: int = 16, rx_buffer_words: int = 512):
+        if order_queue_depth < 2:
+            raise ValueError(f"order_queue_depth must be at least 2, not {order_queue_depth!r}")
+        self.order_queue_depth = order_queue_depth
+        self.rx_buffer_words = rx_buffer_words
+        self.identity = Identity()
+        self.mac_rx = MacRx(buffer_words=rx_buffer_words)
+        self.net_rx = NetRx()
+        self.moldudp64 = MoldUdp64()
+        self.itch = ItchDecoder()
+        self.trigger = Trigger()
+        self.risk = Risk()
+        self.ouch = OuchEncoder()
+        self.net_tx = NetTx(max_payload=ENTER_ORDER_PACKET_LENGTH)
+        self.mac_tx = MacTx()
+        stages = {"id": self.identity, "mac_rx": self.mac_rx, "net_rx": self.net_rx,
+                  "moldudp64": self.moldudp64, "itch": self.itch, "trigger": self.trigger,
+                  "risk": self.risk, "ouch": self.ouch, "net_tx": self.net_tx, "mac_tx": self.mac_tx}
+        self.stages = {name: stages[name] for name in STAGE_ORDER}
+        self.bank = CsrBank([(name, type(stage).registers) for name, stage in self.stages.items()])
+        super().__init__({
+            "feed_rx": In(XgmiiSignature()),
+            "order_tx": Out(XgmiiSignature()),
+            "csr": In(CsrBusSignature()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        for name, stage in self.stages.items():
+            m.submodules[name] = stage
+        m.submodules.csr_bank = self.bank
+        connect(m, wiring.flipped(self.csr), self.bank.bus)
+        for name, stage in self.stages.items():
+            connect(m, getattr(self.bank, name), stage.regs)
+
+        connect(m, wiring.flipped(self.feed_rx), self.mac_rx.xgmii)
+        connect(m, self.mac_rx.o_stream, self.net_rx.i_stream)
+        connect(m, self.net_rx.o_stream, self.moldudp64.i_stream)
+        connect(m, self.moldudp64.o_stream, self.itch.i_stream)
+        connect(m, self.itch.o_stream, self.trigger.i_stream)
+        connect(m, self.trigger.o_stream, self.risk.i_stream)
+
+        # Accepted orders queue for the order port so a burst never stalls the market-data path.
+        queue = m.submodules.order_queue = fifo.SyncFIFOBuffered(
+            width=intent_layout.size, depth=self.order_queue_depth)
+        m.d.comb += [queue.w_en.eq(self.risk.o_stream.valid), queue.w_data.eq(self.risk.o_stream.payload),
+                     self.risk.o_stream.ready.eq(queue.w_rdy),
+                     self.ouch.i_stream.valid.eq(queue.r_rdy), self.ouch.i_stream.payload.eq(queue.r_data),
+                     queue.r_en.eq(self.ouch.i_stream.ready)]
+        connect(m, self.ouch.o_stream, self.net_tx.i_stream)
+        connect(m, self.net_tx.o_stream, self.mac_tx.i_stream)
+        connect(m, self.mac_tx.xgmii, wiring.flipped(self.order_tx))
+        return m

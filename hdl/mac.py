@@ -163,6 +163,10 @@ class MacRx(wiring.Component):
             bad_fcs = error | (end_crc != CRC_RESIDUE)
             with m.If(dropping):
                 m.d.comb += end_kind.eq(4)
+            with m.Elif(error):
+                # An /E/ (or stray control character) cut the frame: a corrupt frame, whatever
+                # length it reached.
+                m.d.comb += end_kind.eq(1)
             with m.Elif(too_long | (length > self.max_frame)):
                 m.d.comb += end_kind.eq(3)
             with m.Elif(length < MIN_FRAME):

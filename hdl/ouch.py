@@ -16,7 +16,8 @@ ENTER_ORDER_PACKET_LENGTH = soupbintcp.HEADER_LENGTH + ouch.ENTER_ORDER.length
 
 
 def _hex_ascii(nibble):
-    return Mux(nibble < 10, nibble + ord("0"), nibble + (ord("A") - 10))[:8]
+    """ASCII upper-case hex digit of a 4-bit value, 8 bits wide."""
+    return Mux(nibble < 10, nibble + ord("0"), nibble + (ord("A") - 10)).as_unsigned() | Const(0, 8)
 
 
 class OuchEncoder(wiring.Component):

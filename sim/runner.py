@@ -159,7 +159,7 @@ def run(name: str, test_module: str, *, testcase: str | None = None, extra_env: 
     test_dir.mkdir(parents=True, exist_ok=True)
     results = runner.test(
         test_module=test_module, hdl_toplevel=_duts()[name].toplevel, build_dir=build_dir,
-        test_dir=test_dir, testcase=testcase, extra_env=env,
+        test_dir=test_dir, testcase=testcase, extra_env=env, hdl_toplevel_lang="verilog",
         waves=bool(os.environ.get("TICKWIRE_WAVES")),
     )
     if check:

@@ -1,0 +1,57 @@
+"""Generate the appliance's Verilog and register map: ``python -m tickwire.hdl.build``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .csr import regmap_document, regmap_json, regmap_markdown
+from .top import Appliance
+
+__all__ = ["CLOCK_HZ", "regmap", "write_regmap", "main"]
+
+logger = logging.getLogger(__name__)
+
+#: Core clock of the 64-bit datapath at 10 Gb/s (XGMII 64-bit at 156.25 MHz).
+CLOCK_HZ = 156_250_000
+
+_ROOT = Path(__file__).resolve().parent.parent
+REGMAP_JSON = _ROOT / "host" / "registers.json"
+REGMAP_MD = _ROOT / "docs" / "registers.md"
+
+
+def regmap(appliance: Appliance | None = None) -> dict:
+    """The register map document of the appliance (as the host loads it)."""
+    appliance = appliance or Appliance()
+    return regmap_document(appliance.bank, {"clock_hz": CLOCK_HZ,
+                                            "order_queue_depth": appliance.order_queue_depth,
+                                            "rx_buffer_words": appliance.rx_buffer_words})
+
+
+def write_regmap(json_path: Path = REGMAP_JSON, md_path: Path = REGMAP_MD) -> None:
+    doc = regmap()
+    json_path.write_text(regmap_json(doc))
+    md_path.write_text(regmap_markdown(doc))
+    logger.info("wrote %s and %s", json_path, md_path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tickwire.hdl.build", description=__doc__)
+    parser.add_argument("--regmap", action="store_true", help="rewrite host/registers.json and docs/registers.md")
+    parser.add_argument("--verilog", metavar="FILE", type=Path, help="write the top-level Verilog to FILE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not (args.regmap or args.verilog):
+        parser.error("nothing to do: give --regmap and/or --verilog FILE")
+    if args.regmap:
+        write_regmap()
+    if args.verilog:
+        from amaranth.back import verilog
+        args.verilog.write_text(verilog.convert(Appliance(), name="tickwire_top", emit_src=False))
+        logger.info("wrote %s", args.verilog)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""cocotb helpers shared by the testbenches: clocks, register bus, Amaranth streams, latency probes."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, Iterable, Mapping
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import RisingEdge, ReadOnly, Timer
+
+from ..host.regmap import RegisterMap
+
+__all__ = ["CLOCK_NS", "start_clock", "reset", "CsrMaster", "pack", "unpack", "StreamSource",
+           "StreamSink", "cycle_pause", "XgmiiStartProbe", "layout_fields"]
+
+#: 156.25 MHz core clock.
+CLOCK_NS = 6.4
+
+
+def start_clock(dut, period_ns: float = CLOCK_NS) -> None:
+    cocotb.start_soon(Clock(dut.clk, period_ns, unit="ns").start())
+
+
+async def reset(dut, cycles: int = 4) -> None:
+    dut.rst.value = 1
+    for _ in range(cycles):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+
+
+def layout_fields(layout) -> list[tuple[str, int, int]]:
+    """(name, bit offset, width) of each member of an Amaranth ``StructLayout``, nested flattened."""
+    out = []
+    for name, field in layout:
+        shape = field.shape
+        try:
+            inner = list(shape)  # a nested layout
+        except TypeError:
+            inner = None
+        if inner and hasattr(shape, "members"):
+            for sub, off, width in layout_fields(shape):
+                out.append((f"{name}.{sub}", field.offset + off, width))
+        else:
+            out.append((name, field.offset, field.width))
+    return out
+
+
+def pack(layout, values: Mapping[str, int]) -> int:
+    """An integer with ``values`` placed at the layout's fields (missing fields are 0)."""
+    word = 0
+    fields = {n: (o, w) for n, o, w in layout_fields(layout)}
+    for name, value in values.items():
+        if name not in fields:
+            raise KeyError(f"layout has no field {name!r}")
+        off, width = fields[name]
+        if not 0 <= value < 1 << width:
+            raise ValueError(f"{name}={value} does not fit {width} bits")
+        word |= value << off
+    return word
+
+
+def unpack(layout, word: int) -> dict[str, int]:
+    return {n: (word >> o) & ((1 << w) - 1) for n, o, w in layout_fields(layout)}
+
+
+def cycle_pause(probability: float, seed: int = 1):
+    """Endless booleans: True means 'hold off this cycle' (random backpressure/starvation)."""
+    rng = random.Random(seed)
+    while True:
+        yield rng.random() < probability
+
+
+class CsrMaster:
+    """Drives the appliance's register bus by register name, from the generated map."""
+
+    def __init__(self, dut, regmap: RegisterMap | None = None, prefix: str = "csr__"):
+        self.dut = dut
+        self.map = regmap or RegisterMap.load()
+        self._sig = {n: getattr(dut, prefix + n) for n in ("addr", "w_stb", "w_data", "r_stb", "r_data")}
+        for n in ("addr", "w_stb", "w_data", "r_stb"):
+            self._sig[n].value = 0
+
+    async def write_word(self, address: int, value: int) -> None:
+        s = self._sig
+        s["addr"].value = address
+        s["w_data"].value = value
+        s["w_stb"].value = 1
+        await RisingEdge(self.dut.clk)
+        s["w_stb"].value = 0
+
+    async def read_word(self, address: int) -> int:
+        s = self._sig
+        s["addr"].value = address
+        s["r_stb"].value = 1
+        await RisingEdge(self.dut.clk)
+        s["r_stb"].value = 0
+        await ReadOnly()
+        value = int(s["r_data"].value)
+        await RisingEdge(self.dut.clk)
+        return value
+
+    async def write(self, name: str, value: int) -> None:
+        reg = self.map[name]
+        if not reg.writable:
+            raise PermissionError(f"{name} is read-only")
+        for address, word in zip(reg.addresses, reg.to_words(value)):
+            await self.write_word(address, word)
+
+    async def read(self, name: str) -> int:
+        reg = self.map[name]
+        words = [await self.read_word(a) for a in reg.addresses]
+        return reg.from_words(words)
+
+    async def write_all(self, values: Mapping[str, int]) -> None:
+        for name, value in values.items():
+            await self.write(name, value)
+
+    async def read_counters(self, names: Iterable[str]) -> dict[str, int]:
+        return {n: await self.read(n) for n in names}
+
+
+class StreamSource:
+    """Drives an Amaranth ``stream`` (``<prefix>valid``, ``<prefix>ready``, ``<prefix>payload``)."""
+
+    def __init__(self, dut, prefix: str, layout, pause=None):
+        self.dut = dut
+        self.layout = layout
+        self.valid = getattr(dut, prefix + "valid")
+        self.ready = getattr(dut, prefix + "ready")
+        self.payload = getattr(dut, prefix + "payload")
+        self.valid.value = 0
+        self.pause = pause
+
+    async def send(self, beats: Iterable[Mapping[str, int]]) -> None:
+        for beat in beats:
+            while self.pause is not None and next(self.pause):
+                self.valid.value = 0
+                await RisingEdge(self.dut.clk)
+            self.payload.value = pack(self.layout, beat)
+            self.valid.value = 1
+            while True:
+                await RisingEdge(self.dut.clk)
+                if int(self.ready.value):
+                    break
+            self.valid.value = 0
+
+
+class StreamSink:
+    """Collects beats of an Amaranth ``stream``, optionally with random backpressure; records the
+    cycle each beat was taken (cycles counted from construction)."""
+
+    def __init__(self, dut, prefix: str, layout, pause=None, always_ready: bool = False):
+        self.dut = dut
+        self.layout = layout
+        self.valid = getattr(dut, prefix + "valid")
+        self.ready = None if always_ready else getattr(dut, prefix + "ready")
+        self.payload = getattr(dut, prefix + "payload")
+        self.pause = pause
+        self.beats: list[dict[str, int]] = []
+        self.cycles: list[int] = []
+        self.cycle = 0
+        cocotb.start_soon(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            ready = not (self.pause is not None and next(self.pause))
+            if self.ready is not None:
+                self.ready.value = int(ready)
+            await RisingEdge(self.dut.clk)
+            self.cycle += 1
+            if int(self.valid.value) and (ready or self.ready is None):
+                self.beats.append(unpack(self.layout, int(self.payload.value)))
+                self.cycles.append(self.cycle)
+
+
+class XgmiiStartProbe:
+    """Records the clock cycle of every /S/ (start) seen on an XGMII bus, lane 0 or 4."""
+
+    def __init__(self, clk, data, ctrl):
+        self.clk, self.data, self.ctrl = clk, data, ctrl
+        self.cycle = 0
+        self.starts: list[int] = []
+        cocotb.start_soon(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await RisingEdge(self.clk)
+            self.cycle += 1
+            c = int(self.ctrl.value)
+            d = int(self.data.value)
+            if (c & 1 and d & 0xFF == 0xFB) or (c & 0x10 and (d >> 32) & 0xFF == 0xFB):
+                self.starts.append(self.cycle)

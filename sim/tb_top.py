@@ -1,0 +1,292 @@
+"""cocotb testbench of the whole appliance: XGMII feed in, XGMII orders out, checked byte for byte
+against :class:`tickwire.sim.model.PipelineModel`, counters read over the register bus."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from pathlib import Path
+
+import cocotb
+from cocotb.triggers import RisingEdge, Timer
+from cocotbext.eth import XgmiiFrame, XgmiiSink, XgmiiSource
+
+from ..protocols import itch, moldudp64
+from ..protocols.net import ip_to_int
+from .defaults import DEFAULT_FEED, DEFAULT_REGISTERS
+from .feed import build_feed, datagrams, frames as udp_frames, generate_messages
+from .model import COUNTER_NAMES, PipelineModel, with_fcs
+from .pcap import read_pcap, write_pcap
+from .tb import CLOCK_NS, CsrMaster, XgmiiStartProbe, reset, start_clock
+
+logger = logging.getLogger("tb_top")
+
+
+class TB:
+    """The appliance with XGMII VIP on both ports, the register bus and start-of-frame probes."""
+
+    def __init__(self, dut, registers=None):
+        self.dut = dut
+        start_clock(dut)
+        dut.feed_rx__data.value = int.from_bytes(b"\x07" * 8, "little")
+        dut.feed_rx__ctrl.value = 0xFF
+        self.source = XgmiiSource(dut.feed_rx__data, dut.feed_rx__ctrl, dut.clk, dut.rst)
+        self.sink = XgmiiSink(dut.order_tx__data, dut.order_tx__ctrl, dut.clk, dut.rst)
+        self.csr = CsrMaster(dut)
+        self.rx_probe = XgmiiStartProbe(dut.clk, dut.feed_rx__data, dut.feed_rx__ctrl)
+        self.tx_probe = XgmiiStartProbe(dut.clk, dut.order_tx__data, dut.order_tx__ctrl)
+        self.registers = {**DEFAULT_REGISTERS, **(registers or {})}
+        self.model = PipelineModel(self.registers)
+
+    async def start(self):
+        await reset(self.dut)
+        magic = await self.csr.read("id.magic")
+        assert magic == self.csr.map.magic, f"id.magic reads {magic:#x}"
+        assert await self.csr.read("id.regmap_version") == self.csr.map.regmap_version
+        await self.csr.write_all(self.registers)
+
+    async def send(self, frames_with_fcs, *, errors=()):
+        """Send frames (FCS included) back to back; the model predicts their orders."""
+        expected = []
+        owners = []
+        for index, raw in enumerate(frames_with_fcs):
+            out = self.model.feed(raw, error=index in errors)
+            expected += out
+            owners += [index] * len(out)
+            frame = XgmiiFrame.from_raw_payload(raw)
+            if index in errors:
+                frame.ctrl = [0] * len(frame.data)
+                frame.data[len(frame.data) // 2] = 0xFE
+                frame.ctrl[len(frame.data) // 2] = 1
+            await self.source.send(frame)
+        return expected, owners
+
+    async def drain(self, expected_count, timeout_cycles=20000):
+        received = []
+        for _ in range(timeout_cycles):
+            while not self.sink.empty():
+                received.append(self.sink.recv_nowait())
+            if len(received) >= expected_count and self.source.empty() and self.source.idle():
+                # Let anything unexpected still in flight come out.
+                for _ in range(400):
+                    await RisingEdge(self.dut.clk)
+                while not self.sink.empty():
+                    received.append(self.sink.recv_nowait())
+                return received
+            await RisingEdge(self.dut.clk)
+        raise AssertionError(f"timed out: {len(received)} of {expected_count} order frames")
+
+    async def check(self, expected, received):
+        assert len(received) == len(expected), f"{len(received)} order frames, model predicts {len(expected)}"
+        for k, (frame, want) in enumerate(zip(received, expected)):
+            assert frame.check_fcs(), f"order frame {k}: bad FCS"
+            got = bytes(frame.get_payload())
+            assert got == want, f"order frame {k} differs:\n got  {got.hex()}\n want {want.hex()}"
+        counters = await self.csr.read_counters(COUNTER_NAMES)
+        model = self.model.counters
+        diffs = {n: (counters[n], model[n]) for n in COUNTER_NAMES if counters[n] != model[n]}
+        assert not diffs, f"counters (card, model) differ: {diffs}"
+        return counters
+
+    def latencies(self, owners, base_rx=0, base_tx=0):
+        rx = self.rx_probe.starts[base_rx:]
+        tx = self.tx_probe.starts[base_tx:]
+        return [tx[k] - rx[owners[k]] for k in range(len(owners))]
+
+
+def _with_fcs_all(frames):
+    return [with_fcs(f) for f in frames]
+
+
+def _feed_frames(messages: list[bytes], *, first_sequence=1, session=None, max_messages=None):
+    cfg = DEFAULT_FEED
+    packets = datagrams(messages, session=session or cfg["session"], first_sequence=first_sequence,
+                        max_payload=cfg["max_payload"], max_messages=max_messages or cfg["max_messages"])
+    return udp_frames(packets, src_mac=cfg["src_mac"], src_ip=cfg["src_ip"], src_port=cfg["src_port"],
+                      dst_ip=cfg["dst_ip"], dst_port=cfg["dst_port"])
+
+
+def _trigger_add(order_reference_number: int, price: int = 150_0000, shares: int = 100, locate: int | None = None):
+    """An Add Order that the default rule fires on (a sell at or below the limit)."""
+    regs = DEFAULT_REGISTERS
+    return itch.pack("A", stock_locate=regs["trigger.stock_locate"] if locate is None else locate,
+                     timestamp=34_200_000_000_000 + order_reference_number,
+                     order_reference_number=order_reference_number, buy_sell_indicator="S",
+                     shares=shares, stock="AAPL", price=price)
+
+
+@cocotb.test()
+async def default_feed(dut):
+    """The embedded default feed: every order frame and every counter as the model says."""
+    tb = TB(dut)
+    await tb.start()
+    feed = build_feed()
+    expected, owners = await tb.send(_with_fcs_all(f for _, f in feed))
+    received = await tb.drain(len(expected))
+    counters = await tb.check(expected, received)
+    assert len(expected) > 0 and counters["risk.rejected_notional"] > 0
+    lat = tb.latencies(owners)
+    logger.info("tick-to-trade cycles: min %d median %d max %d", min(lat), statistics.median(lat), max(lat))
+
+
+@cocotb.test()
+async def bad_input_never_wedges(dut):
+    """Each kind of bad input is dropped and counted, and the good frame after it still trades."""
+    tb = TB(dut)
+    await tb.start()
+    cfg = DEFAULT_FEED
+    seq = [1]
+    ref = [1000]
+
+    def good(extra=()):
+        msgs = list(extra) + [_trigger_add(ref[0])]
+        ref[0] += 1
+        out = _feed_frames(msgs, first_sequence=seq[0])
+        seq[0] += len(msgs)
+        return out[0]
+
+    def raw_udp(payload, **over):
+        args = dict(src_mac=cfg["src_mac"], src_ip=cfg["src_ip"], src_port=cfg["src_port"],
+                    dst_ip=cfg["dst_ip"], dst_port=cfg["dst_port"])
+        args.update(over)
+        return udp_frames([payload], **args)[0]
+
+    frames = []
+    errors = set()
+    frames.append(with_fcs(good()))
+    # bad FCS
+    bad = bytearray(with_fcs(good()))
+    bad[-1] ^= 0xFF
+    frames.append(bytes(bad))
+    seq[0] -= 1  # that datagram never arrived: the next good one reports... a gap
+    frames.append(with_fcs(good()))
+    # truncated on the wire (cut short, FCS of the whole frame missing)
+    frames.append(with_fcs(good())[:50])
+    frames.append(with_fcs(good()))
+    # /E/ inside a frame
+    errors.add(len(frames))
+    frames.append(with_fcs(good()))
+    frames.append(with_fcs(good()))
+    # IP total length longer than the frame (FCS good): dropped on length
+    f = bytearray(good())
+    f[16:18] = (int.from_bytes(f[16:18], "big") + 40).to_bytes(2, "big")
+    frames.append(with_fcs(bytes(f)))
+    frames.append(with_fcs(good()))
+    # wrong UDP port
+    payload = moldudp64.pack(cfg["session"], seq[0], [_trigger_add(ref[0])])
+    frames.append(with_fcs(raw_udp(payload, dst_port=cfg["dst_port"] + 1)))
+    frames.append(with_fcs(good()))
+    # unknown ITCH type and a known type with the wrong length, inside a good datagram
+    frames.append(with_fcs(good([b"z" + bytes(20), itch.pack("D", order_reference_number=7) + b"\0"])))
+    # ITCH block length running past the datagram
+    msgs = [_trigger_add(ref[0]), _trigger_add(ref[0] + 1)]
+    ref[0] += 2
+    payload = bytearray(moldudp64.pack(cfg["session"], seq[0], msgs))
+    seq[0] += 2
+    payload = payload[:-10]
+    frames.append(with_fcs(raw_udp(bytes(payload))))
+    frames.append(with_fcs(good()))
+    # block length below the shortest ITCH message (malformed)
+    payload = bytearray(moldudp64.pack(cfg["session"], seq[0], [_trigger_add(ref[0])]))
+    payload[20:22] = (3).to_bytes(2, "big")
+    frames.append(with_fcs(raw_udp(bytes(payload))))
+    seq[0] += 1
+    frames.append(with_fcs(good()))
+    # a MoldUDP64 gap, then a duplicate (old sequence numbers), then a heartbeat past a gap
+    seq[0] += 5
+    frames.append(with_fcs(good()))
+    old = seq[0] - 3
+    frames.append(with_fcs(_feed_frames([_trigger_add(9999)], first_sequence=old)[0]))
+    frames.append(with_fcs(raw_udp(moldudp64.pack(cfg["session"], seq[0] + 4, []))))
+    seq[0] += 4
+    frames.append(with_fcs(good()))
+    # datagram shorter than its header
+    frames.append(with_fcs(raw_udp(b"TICKWIRE01\0\0")))
+    # a new session
+    frames.append(with_fcs(_feed_frames([_trigger_add(ref[0])], session="TICKWIRE02", first_sequence=77)[0]))
+    frames.append(with_fcs(_feed_frames([_trigger_add(ref[0] + 1)], session="TICKWIRE02", first_sequence=78)[0]))
+
+    expected, owners = await tb.send(frames, errors=errors)
+    received = await tb.drain(len(expected))
+    counters = await tb.check(expected, received)
+    for name in ("mac_rx.bad_fcs", "net_rx.drop_length", "net_rx.drop_udp_port", "itch.unknown_type",
+                 "itch.bad_length", "moldudp64.truncated", "moldudp64.malformed", "moldudp64.gaps",
+                 "moldudp64.duplicates", "moldudp64.session_changes", "moldudp64.heartbeats"):
+        assert counters[name] > 0, f"{name} never counted: the test did not exercise it"
+
+
+@cocotb.test()
+async def kill_switch(dut):
+    """With the kill switch set nothing leaves; cleared, orders flow again."""
+    tb = TB(dut)
+    await tb.start()
+    await tb.csr.write("risk.kill", 1)
+    tb.model.registers.write("risk.kill", 1)
+    msgs = [_trigger_add(n) for n in range(1, 6)]
+    expected, _ = await tb.send(_with_fcs_all(_feed_frames(msgs, max_messages=2)))
+    assert expected == []
+    for _ in range(300):
+        await RisingEdge(dut.clk)
+    assert tb.sink.empty()
+    await tb.csr.write("risk.kill", 0)
+    tb.model.registers.write("risk.kill", 0)
+    msgs = [_trigger_add(n) for n in range(6, 9)]
+    more, _ = await tb.send(_with_fcs_all(_feed_frames(msgs, first_sequence=6)))
+    received = await tb.drain(len(more))
+    counters = await tb.check(more, received)
+    assert counters["risk.rejected_kill"] == 5 and len(more) == 3
+
+
+@cocotb.test()
+async def random_feeds(dut):
+    """Feeds from other seeds, with other datagram sizes, against the model."""
+    seed = int(os.environ.get("TICKWIRE_RANDOM_SEED", "7"))
+    tb = TB(dut, {"risk.max_order_notional": 100 * 191_0000})
+    await tb.start()
+    messages = generate_messages(400, seed=seed, symbols=DEFAULT_FEED["symbols"])
+    frames = _feed_frames(messages, max_messages=1 + seed % 20)
+    expected, owners = await tb.send(_with_fcs_all(frames))
+    received = await tb.drain(len(expected))
+    await tb.check(expected, received)
+
+
+@cocotb.test()
+async def demo(dut):
+    """The demo run: a feed (default or a pcap), captures of both ports and a summary JSON."""
+    out_dir = Path(os.environ.get("TICKWIRE_DEMO_OUT", "demo"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overrides = json.loads(os.environ.get("TICKWIRE_DEMO_REGISTERS", "{}"))
+    tb = TB(dut, overrides)
+    await tb.start()
+    pcap = os.environ.get("TICKWIRE_DEMO_PCAP")
+    if pcap:
+        feed_frames = [f for _, f in read_pcap(Path(pcap))]
+    else:
+        cfg = {}
+        if os.environ.get("TICKWIRE_DEMO_MESSAGES"):
+            cfg["count"] = int(os.environ["TICKWIRE_DEMO_MESSAGES"])
+        if os.environ.get("TICKWIRE_DEMO_SEED"):
+            cfg["seed"] = int(os.environ["TICKWIRE_DEMO_SEED"])
+        feed_frames = [f for _, f in build_feed(cfg)]
+    t0 = tb.rx_probe.cycle
+    expected, owners = await tb.send(_with_fcs_all(feed_frames))
+    received = await tb.drain(len(expected), timeout_cycles=20000 + 50 * len(feed_frames))
+    counters = await tb.check(expected, received)
+    lat = tb.latencies(owners)
+    write_pcap(out_dir / "feed.pcap", [(int(c * CLOCK_NS), f) for c, f in zip(tb.rx_probe.starts, feed_frames)])
+    write_pcap(out_dir / "orders.pcap",
+               [(int(c * CLOCK_NS), bytes(f.get_payload())) for c, f in zip(tb.tx_probe.starts, received)])
+    summary = {
+        "frames_in": len(feed_frames),
+        "counters": counters,
+        "orders_out": len(received),
+        "latency_cycles": lat,
+        "clock_ns": CLOCK_NS,
+        "cycles": tb.rx_probe.cycle - t0,
+        "feed_pcap": str(out_dir / "feed.pcap"),
+        "orders_pcap": str(out_dir / "orders.pcap"),
+        "matches_model": True,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -265,9 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("tickwire").setLevel(level)  # also when the root logger was set up already
     try:
         return args.handler(args)
-    except TickwireError as e:
+    except (TickwireError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as e:  # a failed simulation build or run (SimulationFailed, Verilator)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except _Unavailable as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
@@ -277,3 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

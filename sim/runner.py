@@ -98,6 +98,24 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
+def _ports(component) -> dict:
+    """The component's signature members as Verilog ports, as ``verilog.convert`` names them,
+    minus constant members (the ``ready`` of an ``always_ready`` stream is ``Const(1)``, which
+    Amaranth 0.5 refuses as a port)."""
+    from amaranth.hdl import Const, ValueCastable, Value
+    from amaranth.hdl._ir import PortDirection
+    from amaranth.lib import wiring
+    ports = {}
+    for path, member, value in component.signature.flatten(component):
+        if isinstance(value, ValueCastable):
+            value = value.as_value()
+        if isinstance(value, Const) or not isinstance(value, Value):
+            continue
+        direction = PortDirection.Input if member.flow == wiring.In else PortDirection.Output
+        ports["__".join(map(str, path))] = (value, direction)
+    return ports
+
+
 def generate(name: str) -> tuple[Path, str]:
     """Write the Verilog of DUT ``name``; returns its path and a content hash."""
     from amaranth.back import verilog
@@ -105,7 +123,8 @@ def generate(name: str) -> tuple[Path, str]:
     if name not in duts:
         raise KeyError(f"unknown DUT {name!r}; known: {', '.join(duts)}")
     dut = duts[name]
-    text = verilog.convert(dut.factory(), name=dut.toplevel, emit_src=False)
+    component = dut.factory()
+    text = verilog.convert(component, name=dut.toplevel, emit_src=False, ports=_ports(component))
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     out_dir = build_root() / "verilog"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +165,7 @@ def build_top() -> Path:
 
 
 def run(name: str, test_module: str, *, testcase: str | None = None, extra_env: dict[str, str] | None = None,
-        test_dir: Path | None = None, check: bool = True) -> Path:
+        test_dir: Path | None = None, check: bool = True, log_file: Path | None = None) -> Path:
     """Run cocotb module ``test_module`` against DUT ``name``; raises :class:`SimulationFailed`
     unless every test passed. Returns the results XML."""
     from cocotb_tools.runner import get_runner, get_results
@@ -160,7 +179,7 @@ def run(name: str, test_module: str, *, testcase: str | None = None, extra_env: 
     results = runner.test(
         test_module=test_module, hdl_toplevel=_duts()[name].toplevel, build_dir=build_dir,
         test_dir=test_dir, testcase=testcase, extra_env=env, hdl_toplevel_lang="verilog",
-        waves=bool(os.environ.get("TICKWIRE_WAVES")),
+        waves=bool(os.environ.get("TICKWIRE_WAVES")), log_file=log_file,
     )
     if check:
         total, failed = get_results(results)

@@ -15,8 +15,8 @@ from ..host.regmap import RegisterMap
 __all__ = ["CLOCK_NS", "start_clock", "reset", "CsrMaster", "pack", "unpack", "StreamSource",
            "StreamSink", "cycle_pause", "XgmiiStartProbe", "layout_fields"]
 
-#: 156.25 MHz core clock.
-CLOCK_NS = 6.4
+#: Core clock period: 156.25 MHz unless ``TICKWIRE_CLOCK_NS`` says otherwise.
+CLOCK_NS = float(__import__("os").environ.get("TICKWIRE_CLOCK_NS", "6.4"))
 
 
 def start_clock(dut, period_ns: float = CLOCK_NS) -> None:

@@ -269,8 +269,9 @@ async def demo(dut):
             cfg["count"] = int(os.environ["TICKWIRE_DEMO_MESSAGES"])
         if os.environ.get("TICKWIRE_DEMO_SEED"):
             cfg["seed"] = int(os.environ["TICKWIRE_DEMO_SEED"])
+        if os.environ.get("TICKWIRE_DEMO_MAX_MESSAGES"):
+            cfg["max_messages"] = int(os.environ["TICKWIRE_DEMO_MAX_MESSAGES"])
         feed_frames = [f for _, f in build_feed(cfg)]
-    t0 = tb.rx_probe.cycle
     expected, owners = await tb.send(_with_fcs_all(feed_frames))
     received = await tb.drain(len(expected), timeout_cycles=20000 + 50 * len(feed_frames))
     counters = await tb.check(expected, received)
@@ -284,7 +285,8 @@ async def demo(dut):
         "orders_out": len(received),
         "latency_cycles": lat,
         "clock_ns": CLOCK_NS,
-        "cycles": tb.rx_probe.cycle - t0,
+        "feed_cycles": tb.rx_probe.starts[-1] - tb.rx_probe.starts[0] + (len(feed_frames[-1]) + 4 + 7) // 8 + 1,
+        "feed_bytes": sum(len(f) + 4 for f in feed_frames),
         "feed_pcap": str(out_dir / "feed.pcap"),
         "orders_pcap": str(out_dir / "orders.pcap"),
         "matches_model": True,

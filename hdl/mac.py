@@ -48,8 +48,9 @@ class MacRx(wiring.Component):
 
     Latency
     -------
-    Store and forward: the first word leaves 3 cycles after the word holding /T/ arrives
-    (tests/hdl/test_mac.py measures it).
+    Store and forward: the first word leaves 5 cycles after the XGMII word holding /T/ arrives
+    (4 when the frame started in lane 4 and /T/ is in lanes 0..3), when the output is idle;
+    ``mac_rx_latency`` in tests/hdl/test_mac.py measures it.
     """
 
     registers = (
@@ -373,7 +374,7 @@ class MacTx(wiring.Component):
             with m.State("TAIL"):
                 # The FCS bytes that spilled over, then /T/ and idles.
                 with m.Switch(spill_n):
-                    for s in range(0, 4):
+                    for s in range(0, 5):   # n + 4 - 8 FCS bytes spill: 0..4
                         with m.Case(s):
                             lanes = [spill[8 * k:8 * k + 8] for k in range(s)]
                             lanes.append(Const(XGMII_TERMINATE, 8))

@@ -18,7 +18,7 @@ from cocotb.triggers import RisingEdge
 
 from .tb import reset, start_clock, unpack
 
-__all__ = ["Beat", "StageTB", "bench_seed"]
+__all__ = ["Beat", "StageTB", "bench_seed", "rng_for"]
 
 
 def bench_seed(default: int) -> int:

@@ -13,7 +13,8 @@ from cocotb.triggers import RisingEdge, ReadOnly, Timer
 from ..host.regmap import RegisterMap
 
 __all__ = ["CLOCK_NS", "start_clock", "reset", "CsrMaster", "pack", "unpack", "StreamSource",
-           "StreamSink", "cycle_pause", "XgmiiStartProbe", "layout_fields"]
+           "StreamSink", "StreamMonitor", "cycle_pause", "XgmiiStartProbe", "layout_fields",
+           "packet_beats", "packet_bytes", "split_packets"]
 
 #: Core clock period: 156.25 MHz unless ``TICKWIRE_CLOCK_NS`` says otherwise.
 CLOCK_NS = float(__import__("os").environ.get("TICKWIRE_CLOCK_NS", "6.4"))
@@ -193,3 +194,63 @@ class XgmiiStartProbe:
             d = int(self.data.value)
             if (c & 1 and d & 0xFF == 0xFB) or (c & 0x10 and (d >> 32) & 0xFF == 0xFB):
                 self.starts.append(self.cycle)
+
+
+def packet_beats(data: bytes, length: int | None = None) -> list[dict[str, int]]:
+    """The beats of a :func:`tickwire.hdl.packet.packet_layout` stream carrying ``data``: 8 bytes
+    a beat, first byte in bits [7:0], ``nbytes`` and ``last`` on the final beat, ``length``
+    (default ``len(data)``) on every beat."""
+    if not data:
+        raise ValueError("a packet needs at least one byte")
+    length = len(data) if length is None else length
+    beats = []
+    for offset in range(0, len(data), 8):
+        chunk = data[offset:offset + 8]
+        beats.append({"data": int.from_bytes(chunk, "little"), "nbytes": len(chunk),
+                      "last": int(offset + 8 >= len(data)), "length": length})
+    return beats
+
+
+def split_packets(beats: Iterable[Mapping[str, int]]) -> list[list[Mapping[str, int]]]:
+    """Packet-stream beats grouped into packets (each ends with a ``last`` beat); a trailing
+    unfinished packet is returned too."""
+    packets: list[list[Mapping[str, int]]] = [[]]
+    for beat in beats:
+        packets[-1].append(beat)
+        if beat["last"]:
+            packets.append([])
+    return packets if packets[-1] else packets[:-1]
+
+
+def packet_bytes(beats: Iterable[Mapping[str, int]]) -> bytes:
+    """The bytes a packet's beats carry: ``nbytes`` of each beat, lane 0 first."""
+    return b"".join(b["data"].to_bytes(8, "little")[:b["nbytes"]] for b in beats)
+
+
+class StreamMonitor:
+    """Records the beats of an Amaranth ``stream`` that are transferred (``valid`` and ``ready``
+    high at a clock edge) without driving anything; cycles counted from construction, as
+    :class:`StreamSink` counts them."""
+
+    def __init__(self, dut, prefix: str, layout):
+        self.dut = dut
+        self.layout = layout
+        self.valid = getattr(dut, prefix + "valid")
+        self.ready = getattr(dut, prefix + "ready")
+        self.payload = getattr(dut, prefix + "payload")
+        self.beats: list[dict[str, int]] = []
+        self.cycles: list[int] = []
+        self.stalls = 0  # cycles with valid high and ready low
+        self.cycle = 0
+        cocotb.start_soon(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await RisingEdge(self.dut.clk)
+            self.cycle += 1
+            if int(self.valid.value):
+                if int(self.ready.value):
+                    self.beats.append(unpack(self.layout, int(self.payload.value)))
+                    self.cycles.append(self.cycle)
+                else:
+                    self.stalls += 1

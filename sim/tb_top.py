@@ -14,7 +14,7 @@ from cocotb.triggers import RisingEdge, Timer
 from cocotbext.eth import XgmiiFrame, XgmiiSink, XgmiiSource
 
 from ..protocols import itch, moldudp64
-from ..protocols.net import ip_to_int
+from ..protocols.net import ipv4_checksum
 from .defaults import DEFAULT_FEED, DEFAULT_REGISTERS
 from .feed import build_feed, datagrams, frames as udp_frames, generate_messages
 from .model import COUNTER_NAMES, PipelineModel, with_fcs
@@ -172,6 +172,8 @@ async def bad_input_never_wedges(dut):
     # IP total length longer than the frame (FCS good): dropped on length
     f = bytearray(good())
     f[16:18] = (int.from_bytes(f[16:18], "big") + 40).to_bytes(2, "big")
+    f[24:26] = b"\0\0"
+    f[24:26] = ipv4_checksum(bytes(f[14:34])).to_bytes(2, "big")  # a consistent header, a short frame
     frames.append(with_fcs(bytes(f)))
     frames.append(with_fcs(good()))
     # wrong UDP port

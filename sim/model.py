@@ -147,11 +147,14 @@ class MacRxModel(_Stage):
     def process(self, frame_with_fcs: bytes, *, error: bool = False) -> bytes | None:
         """The frame without FCS, or None when dropped. ``error``: an /E/ was inside the frame."""
         n = len(frame_with_fcs)
-        if n < MIN_FRAME_LENGTH_WITH_FCS:
+        if error:
+            # An /E/ marks the frame corrupt whatever length it reached (contract: bad_fcs).
+            self._count("mac_rx.bad_fcs")
+        elif n < MIN_FRAME_LENGTH_WITH_FCS:
             self._count("mac_rx.runt")
         elif n > self.max_frame:
             self._count("mac_rx.oversize")
-        elif error or fcs(frame_with_fcs[:-FCS_LENGTH]) != frame_with_fcs[-FCS_LENGTH:]:
+        elif fcs(frame_with_fcs[:-FCS_LENGTH]) != frame_with_fcs[-FCS_LENGTH:]:
             self._count("mac_rx.bad_fcs")
         else:
             self._count("mac_rx.frames_ok")

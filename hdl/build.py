@@ -7,14 +7,11 @@ import logging
 from pathlib import Path
 
 from .csr import regmap_document, regmap_json, regmap_markdown
-from .top import Appliance
+from .top import CLOCK_HZ, Appliance
 
-__all__ = ["CLOCK_HZ", "regmap", "write_regmap", "main"]
+__all__ = ["regmap", "write_regmap", "main"]
 
 logger = logging.getLogger(__name__)
-
-#: Core clock of the 64-bit datapath at 10 Gb/s (XGMII 64-bit at 156.25 MHz).
-CLOCK_HZ = 156_250_000
 
 _ROOT = Path(__file__).resolve().parent.parent
 REGMAP_JSON = _ROOT / "host" / "registers.json"

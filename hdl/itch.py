@@ -1,6 +1,6 @@
 """ITCH 5.0 decoder: whole messages in, one decoded order-event record per message out."""
 
-from amaranth.hdl import Module, Signal, Cat, Const
+from amaranth.hdl import Module, Signal, Cat
 from amaranth.lib import wiring, stream, data
 from amaranth.lib.wiring import In, Out
 
@@ -109,8 +109,7 @@ class ItchDecoder(wiring.Component):
                     with m.Case(ord(t)):
                         with m.If(i.payload.length != layout.length):
                             m.d.sync += counters["bad_length"].eq(counters["bad_length"] + 1)
-                        elif_ = m.Else
-                        with elif_():
+                        with m.Else():
                             if t in itch.ORDER_TYPES:
                                 for rname, sources in itch.RECORD_SOURCES.items():
                                     if t in sources:

@@ -4,6 +4,7 @@ from amaranth.hdl import Module, Signal, Cat, Const, Mux
 from amaranth.lib import wiring, stream, fifo, data
 from amaranth.lib.wiring import In, Out
 
+from ..protocols.net import MIN_FRAME_LENGTH, MIN_FRAME_LENGTH_WITH_FCS
 from .packet import packet_layout, byte_lane
 from .csr import Register, registers_signature
 from .crc32 import CRC_INIT, CRC_RESIDUE, crc32_update
@@ -17,7 +18,6 @@ XGMII_TERMINATE = 0xFD
 XGMII_ERROR = 0xFE
 #: Lanes 1..7 of a lane-0 start word: six preamble bytes and the start frame delimiter.
 PREAMBLE_SFD = bytes([0x55] * 6 + [0xD5])
-MIN_FRAME = 64  # bytes including FCS
 
 
 class XgmiiSignature(wiring.Signature):
@@ -132,7 +132,6 @@ class MacRx(wiring.Component):
         crc_next = crc32_update(m, crc, al_d, nbytes)
 
         end_pending = Signal()
-        end_desc = Signal(desc_layout)
         end_crc = Signal(32)
         end_kind = Signal(range(5))  # 0 ok, 1 bad fcs, 2 runt, 3 oversize, 4 overflow
 
@@ -170,7 +169,7 @@ class MacRx(wiring.Component):
                 m.d.comb += end_kind.eq(1)
             with m.Elif(too_long | (length > self.max_frame)):
                 m.d.comb += end_kind.eq(3)
-            with m.Elif(length < MIN_FRAME):
+            with m.Elif(length < MIN_FRAME_LENGTH_WITH_FCS):
                 m.d.comb += end_kind.eq(2)
             with m.Elif(bad_fcs):
                 m.d.comb += end_kind.eq(1)
@@ -285,7 +284,7 @@ class MacTx(wiring.Component):
         src_last = Signal()
         src_pad = Signal()        # accepting this word starts padding
         pad_need = Signal(16)
-        m.d.comb += pad_need.eq(60 - count)
+        m.d.comb += pad_need.eq(MIN_FRAME_LENGTH - count)
         with m.If(padding):
             m.d.comb += [src_valid.eq(1), src_d.eq(0),
                          src_n.eq(Mux(pad_need >= 8, 8, pad_need)), src_last.eq(pad_need <= 8)]
@@ -294,7 +293,7 @@ class MacTx(wiring.Component):
             mask = Signal(64)
             for k in range(8):
                 m.d.comb += mask[8 * k:8 * k + 8].eq(Mux(k < p.nbytes, 0xFF, 0))
-            short = p.last & (count + p.nbytes < 60)
+            short = p.last & (count + p.nbytes < MIN_FRAME_LENGTH)
             m.d.comb += [src_valid.eq(self.i_stream.valid), src_d.eq(p.data & mask)]
             with m.If(short):
                 m.d.comb += [src_n.eq(Mux(pad_need >= 8, 8, pad_need)), src_last.eq(pad_need <= 8),

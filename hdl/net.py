@@ -10,7 +10,7 @@ from .csr import Register, registers_signature
 
 __all__ = ["NetRx", "NetTx", "payload_record_layout"]
 
-HEADERS = wire.ETHERNET.length + wire.IPV4.length + wire.UDP.length  # 42
+HEADERS = wire.UDP_PAYLOAD_OFFSET  # 42
 
 
 def _offset(message, name, base=0):
@@ -122,13 +122,16 @@ class NetRx(wiring.Component):
         checks = [
             (dst_mac == self.regs.mac_address) | (dst_mac == mcast_mac),
             field("eth.ethertype") == wire.ETHERTYPE_IPV4,
-            (field("ip.version_ihl") == 0x45) & ((field("ip.flags_fragment_offset") & 0x3FFF) == 0) &
+            (field("ip.version_ihl") == wire.IPV4_VERSION_IHL) &
+            ((field("ip.flags_fragment_offset") &
+              (wire.IPV4_FLAG_MORE_FRAGMENTS | wire.IPV4_FRAGMENT_OFFSET_MASK)) == 0) &
             (field("ip.protocol") == wire.IP_PROTOCOL_UDP),
             csum_ok,
             field("ip.destination_address") == group,
             field("udp.destination_port") == self.regs.udp_port,
-            (total_length >= 28) & (total_length + IP <= i.payload.length) &
-            (udp_length == total_length - 20),
+            (total_length >= wire.IPV4_HEADER_LENGTH + wire.UDP_HEADER_LENGTH) &
+            (total_length + IP <= i.payload.length) &
+            (udp_length == total_length - wire.IPV4_HEADER_LENGTH),
         ]
         verdict = Signal(len(checks) + 1)   # one-hot: drop reason index, or the last bit = accept
         with m.If(~checks[0]):
@@ -265,12 +268,13 @@ class NetTx(wiring.Component):
 
         # Fixed part of the IPv4 header checksum: version/IHL/TOS, flags, TTL/protocol, addresses.
         fixed = Signal(20)
-        m.d.sync += fixed.eq(0x4500 + 0x4000 + (64 << 8 | wire.IP_PROTOCOL_UDP) +
+        m.d.sync += fixed.eq((wire.IPV4_VERSION_IHL << 8) + wire.IPV4_FLAG_DONT_FRAGMENT +
+                             (wire.IPV4_TIME_TO_LIVE << 8 | wire.IP_PROTOCOL_UDP) +
                              r.src_ip[16:] + r.src_ip[:16] + r.dst_ip[16:] + r.dst_ip[:16])
 
         plen = i.payload.length
         total_length = Signal(16)
-        m.d.comb += total_length.eq(plen + 28)
+        m.d.comb += total_length.eq(plen + wire.IPV4_HEADER_LENGTH + wire.UDP_HEADER_LENGTH)
         s1 = Signal(20)
         m.d.comb += s1.eq(fixed + total_length + identification)
         s2 = Signal(17)
@@ -281,12 +285,12 @@ class NetTx(wiring.Component):
         values = {
             "eth.destination_address": r.dst_mac, "eth.source_address": r.src_mac,
             "eth.ethertype": wire.ETHERTYPE_IPV4,
-            "ip.version_ihl": 0x45, "ip.type_of_service": 0, "ip.total_length": total_length,
-            "ip.identification": identification, "ip.flags_fragment_offset": 0x4000,
-            "ip.time_to_live": 64, "ip.protocol": wire.IP_PROTOCOL_UDP,
+            "ip.version_ihl": wire.IPV4_VERSION_IHL, "ip.type_of_service": 0, "ip.total_length": total_length,
+            "ip.identification": identification, "ip.flags_fragment_offset": wire.IPV4_FLAG_DONT_FRAGMENT,
+            "ip.time_to_live": wire.IPV4_TIME_TO_LIVE, "ip.protocol": wire.IP_PROTOCOL_UDP,
             "ip.header_checksum": checksum, "ip.source_address": r.src_ip, "ip.destination_address": r.dst_ip,
             "udp.source_port": r.src_port, "udp.destination_port": r.dst_port,
-            "udp.length": plen + 8, "udp.checksum": 0,
+            "udp.length": plen + wire.UDP_HEADER_LENGTH, "udp.checksum": 0,
         }
         if set(values) != set(FIELDS):
             raise AssertionError(f"header fields not covered: {set(FIELDS) ^ set(values)}")

@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring, stream, data
 from amaranth.lib.wiring import In, Out
 
-from ..protocols.risk import RejectReason
+from ..protocols.risk import RejectReason, VERDICT_COUNTERS
 from .trigger import intent_layout
 from .csr import Register, registers_signature
 
@@ -59,9 +59,7 @@ class Risk(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o, r = self.i_stream, self.o_stream, self.regs
-        counters = {name: Signal(32, name=name) for name in
-                    ("accepted", "rejected_kill", "rejected_zero_quantity", "rejected_quantity",
-                     "rejected_notional")}
+        counters = {name: Signal(32, name=name) for name in VERDICT_COUNTERS.values()}
         last_reason = Signal(4)
         for name, sig in counters.items():
             m.d.comb += getattr(r, name).eq(sig)
@@ -101,10 +99,7 @@ class Risk(wiring.Component):
             m.d.sync += [o.valid.eq(s1_valid & (reason == RejectReason.NONE)), o.payload.eq(s1)]
             with m.If(s1_valid):
                 with m.Switch(reason):
-                    for code, name in ((RejectReason.NONE, "accepted"), (RejectReason.KILL, "rejected_kill"),
-                                       (RejectReason.ZERO_QUANTITY, "rejected_zero_quantity"),
-                                       (RejectReason.MAX_QUANTITY, "rejected_quantity"),
-                                       (RejectReason.MAX_NOTIONAL, "rejected_notional")):
+                    for code, name in VERDICT_COUNTERS.items():
                         with m.Case(code):
                             m.d.sync += counters[name].eq(counters[name] + 1)
                 with m.If(reason != RejectReason.NONE):

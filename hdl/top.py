@@ -13,7 +13,10 @@ from .trigger import Trigger, intent_layout
 from .risk import Risk
 from .ouch import OuchEncoder, ENTER_ORDER_PACKET_LENGTH
 
-__all__ = ["Appliance", "Identity", "STAGE_ORDER"]
+__all__ = ["Appliance", "Identity", "STAGE_ORDER", "CLOCK_HZ"]
+
+#: Core clock of the 64-bit datapath at 10 Gb/s (XGMII 64-bit at 156.25 MHz).
+CLOCK_HZ = 156_250_000
 
 #: Register windows in address order (stage name -> window index).
 STAGE_ORDER = ("id", "mac_rx", "net_rx", "moldudp64", "itch", "trigger", "risk", "ouch", "net_tx", "mac_tx")

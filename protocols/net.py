@@ -34,6 +34,8 @@ ETHERTYPE_IPV6 = 0x86DD
 
 IPV4_VERSION_IHL = 0x45          # version 4, 5 words of header (no options)
 IP_PROTOCOL_UDP = 17
+#: TTL of the datagrams tickwire sends.
+IPV4_TIME_TO_LIVE = 64
 IPV4_FLAG_DONT_FRAGMENT = 0x4000
 IPV4_FLAG_MORE_FRAGMENTS = 0x2000
 IPV4_FRAGMENT_OFFSET_MASK = 0x1FFF

@@ -17,3 +17,13 @@ class RejectReason(IntEnum):
     ZERO_QUANTITY = 2  #: the intent's quantity is 0
     MAX_QUANTITY = 3   #: quantity > ``risk.max_order_quantity``
     MAX_NOTIONAL = 4   #: quantity * price > ``risk.max_order_notional`` (price units of 1/10000)
+
+
+#: The ``risk.*`` counter register each verdict bumps.
+VERDICT_COUNTERS: dict[RejectReason, str] = {
+    RejectReason.NONE: "accepted",
+    RejectReason.KILL: "rejected_kill",
+    RejectReason.ZERO_QUANTITY: "rejected_zero_quantity",
+    RejectReason.MAX_QUANTITY: "rejected_quantity",
+    RejectReason.MAX_NOTIONAL: "rejected_notional",
+}

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from .demo import _simulate
+from .demo import CLOCK_MHZ, _simulate
 
 __all__ = ["main"]
 
@@ -26,7 +25,7 @@ def main(argv=None) -> int:
                         help="ITCH messages in the feed (default: %(default)s)")
     parser.add_argument("--per-datagram", type=int, default=40, metavar="N",
                         help="messages per MoldUDP64 datagram (default: %(default)s)")
-    parser.add_argument("--clock-mhz", type=float, default=156.25, metavar="MHZ",
+    parser.add_argument("--clock-mhz", type=float, default=CLOCK_MHZ, metavar="MHZ",
                         help="core clock (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="keep the captures in DIR")
     args = parser.parse_args(argv)

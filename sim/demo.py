@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
+from ..hdl.top import CLOCK_HZ
 from .runner import SimulationFailed, run
+
+#: The gateware's core clock in MHz, the default of every command here.
+CLOCK_MHZ = CLOCK_HZ / 1e6
 
 __all__ = ["run_demo", "run_pcap", "format_summary"]
 
@@ -69,7 +71,8 @@ def format_summary(summary: Mapping) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out_dir: Path, messages: int | None = None, seed: int | None = None, clock_mhz: float = 156.25) -> int:
+def run_demo(out_dir: Path, messages: int | None = None, seed: int | None = None,
+             clock_mhz: float = CLOCK_MHZ) -> int:
     """Build the RTL once, run the embedded default feed through it and print what happened."""
     env = {}
     if messages is not None:
@@ -83,7 +86,8 @@ def run_demo(out_dir: Path, messages: int | None = None, seed: int | None = None
     return 0 if summary["orders_out"] > 0 else 1
 
 
-def run_pcap(pcap: Path, out_dir: Path, registers: Mapping[str, int] | None = None, clock_mhz: float = 156.25) -> int:
+def run_pcap(pcap: Path, out_dir: Path, registers: Mapping[str, int] | None = None,
+             clock_mhz: float = CLOCK_MHZ) -> int:
     """Replay a pcap of feed frames (without FCS) through the RTL with optional register values."""
     from .pcap import read_pcap
     pcap = Path(pcap)

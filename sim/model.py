@@ -16,12 +16,12 @@ from tickwire.protocols import itch, moldudp64, soupbintcp
 from tickwire.protocols.net import (  # fcs is re-exported
     ETHERNET, ETHERNET_HEADER_LENGTH, ETHERTYPE_IPV4, FCS_LENGTH, IP_PROTOCOL_UDP, IPV4,
     IPV4_FLAG_DONT_FRAGMENT, IPV4_FLAG_MORE_FRAGMENTS, IPV4_FRAGMENT_OFFSET_MASK,
-    IPV4_HEADER_LENGTH, IPV4_VERSION_IHL, MIN_FRAME_LENGTH, MIN_FRAME_LENGTH_WITH_FCS,
+    IPV4_HEADER_LENGTH, IPV4_TIME_TO_LIVE, IPV4_VERSION_IHL, MIN_FRAME_LENGTH, MIN_FRAME_LENGTH_WITH_FCS,
     MULTICAST_MAC_GROUP_MASK, MULTICAST_MAC_PREFIX, UDP,
     UDP_HEADER_LENGTH, UDP_PAYLOAD_OFFSET, fcs, ipv4_checksum,
 )
 from tickwire.protocols.ouch import ENTER_ORDER
-from tickwire.protocols.risk import RejectReason
+from tickwire.protocols.risk import VERDICT_COUNTERS, RejectReason
 
 from .defaults import DEFAULT_REGISTERS
 
@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 #: Largest frame mac_rx accepts, FCS included (``max_frame``).
 MAX_FRAME = 1536
-#: TTL of the frames net_tx sends.
-NET_TX_TIME_TO_LIVE = 64
 
 MAC_RX_COUNTERS = ("mac_rx.frames_ok", "mac_rx.bad_fcs", "mac_rx.runt", "mac_rx.oversize",
                    "mac_rx.overflow")
@@ -54,12 +52,6 @@ COUNTER_NAMES: tuple[str, ...] = (MAC_RX_COUNTERS + NET_RX_COUNTERS + MOLDUDP64_
                                   + ITCH_COUNTERS + TRIGGER_COUNTERS + RISK_COUNTERS
                                   + OUCH_COUNTERS + NET_TX_COUNTERS + MAC_TX_COUNTERS)
 
-_REJECT_COUNTERS = {
-    RejectReason.KILL: "risk.rejected_kill",
-    RejectReason.ZERO_QUANTITY: "risk.rejected_zero_quantity",
-    RejectReason.MAX_QUANTITY: "risk.rejected_quantity",
-    RejectReason.MAX_NOTIONAL: "risk.rejected_notional",
-}
 
 
 class Record(TypedDict):
@@ -389,10 +381,9 @@ class RiskModel(_Stage):
 
     def process(self, intent: Intent) -> tuple[bool, RejectReason]:
         reason = self.check(intent)
+        self._count("risk." + VERDICT_COUNTERS[reason])
         if reason is RejectReason.NONE:
-            self._count("risk.accepted")
             return True, reason
-        self._count(_REJECT_COUNTERS[reason])
         self.counters["risk.last_reject_reason"] = int(reason)
         logger.debug("risk: rejected %s: %s", intent, reason.name)
         return False, reason
@@ -452,7 +443,7 @@ class NetTxModel(_Stage):
         ip = dict(version_ihl=IPV4_VERSION_IHL, type_of_service=0,
                   total_length=IPV4_HEADER_LENGTH + UDP_HEADER_LENGTH + len(payload),
                   identification=identification, flags_fragment_offset=IPV4_FLAG_DONT_FRAGMENT,
-                  time_to_live=NET_TX_TIME_TO_LIVE, protocol=IP_PROTOCOL_UDP,
+                  time_to_live=IPV4_TIME_TO_LIVE, protocol=IP_PROTOCOL_UDP,
                   source_address=regs["net_tx.src_ip"], destination_address=regs["net_tx.dst_ip"])
         frame = (ETHERNET.pack(destination_address=regs["net_tx.dst_mac"],
                                source_address=regs["net_tx.src_mac"], ethertype=ETHERTYPE_IPV4)

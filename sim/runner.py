@@ -13,7 +13,7 @@ from typing import Callable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DUTS", "Dut", "verilator_root", "verilator_env", "generate", "build", "run", "build_top",
+__all__ = ["Dut", "verilator_root", "verilator_env", "generate", "build", "run", "build_top",
            "build_root", "SimulationFailed"]
 
 
@@ -92,11 +92,6 @@ def _duts() -> dict[str, Dut]:
     }
 
 
-def __getattr__(name):
-    if name == "DUTS":
-        return _duts()
-    raise AttributeError(name)
-
 
 def _ports(component) -> dict:
     """The component's signature members as Verilog ports, as ``verilog.convert`` names them,
@@ -174,7 +169,7 @@ def run(name: str, test_module: str, *, testcase: str | None = None, extra_env: 
     env = dict(extra_env or {})
     env.setdefault("PYTHONPATH", os.pathsep.join(p for p in [str(_repo_root() / "tests" / "hdl"),
                                                                 os.environ.get("PYTHONPATH", "")] if p))
-    test_dir = test_dir or build_dir / "runs" / test_module.replace(".", "_")
+    test_dir = test_dir or build_dir / "runs" / (testcase or test_module.replace(".", "_"))
     test_dir.mkdir(parents=True, exist_ok=True)
     results = runner.test(
         test_module=test_module, hdl_toplevel=_duts()[name].toplevel, build_dir=build_dir,

@@ -9,21 +9,14 @@ stage is then the edge an output beat is taken on minus the edge its input was t
 from __future__ import annotations
 
 import logging
-import os
-import random
 from dataclasses import dataclass, field
 
 import cocotb
 from cocotb.triggers import RisingEdge
 
-from .tb import reset, start_clock, unpack
+from .tb import read_counters, reset, start_clock, unpack
 
-__all__ = ["Beat", "StageTB", "bench_seed", "rng_for"]
-
-
-def bench_seed(default: int) -> int:
-    """The bench's random seed: ``TICKWIRE_SEED`` if set, else ``default``."""
-    return int(os.environ.get("TICKWIRE_SEED", str(default)))
+__all__ = ["Beat", "StageTB"]
 
 
 @dataclass
@@ -124,10 +117,7 @@ class StageTB:
 
     def check_counters(self, model_counters: dict[str, int], stage: str) -> dict[str, int]:
         """Compare every ``<stage>.<name>`` the model predicts with port ``regs__<name>``."""
-        got = {}
-        for full, want in model_counters.items():
-            name = full.split(".", 1)[1]
-            got[full] = int(getattr(self.dut, f"regs__{name}").value)
+        got = read_counters(self.dut, model_counters)
         diffs = {n: (got[n], model_counters[n]) for n in got if got[n] != model_counters[n]}
         assert not diffs, f"{stage} counters (dut, model) differ: {diffs}"
         self.log.info("%s counters match the model: %s", stage, got)
@@ -137,7 +127,11 @@ class StageTB:
         """Output edge minus input edge, for (input index, output beat) pairs."""
         return [beat.cycle - accept_cycles[index] for index, beat in pairs]
 
-
-def rng_for(seed: int, log: logging.Logger, what: str) -> random.Random:
-    log.info("%s: random seed %d (set TICKWIRE_SEED to change)", what, seed)
-    return random.Random(seed)
+    def check_latency(self, latency: list[int], documented: int, backpressure: bool, what: str) -> None:
+        """Without backpressure every latency is the documented one; with it, none is shorter."""
+        self.log.info("%s, backpressure=%s: min %d max %d cycles over %d", what, backpressure,
+                      min(latency), max(latency), len(latency))
+        if backpressure:
+            assert min(latency) >= documented
+        else:
+            assert set(latency) == {documented}, f"latencies {sorted(set(latency))}, documented {documented}"

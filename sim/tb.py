@@ -3,21 +3,75 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
-from typing import Any, Iterable, Mapping
+import statistics
+from typing import Callable, Iterable, Mapping
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import RisingEdge, ReadOnly, Timer
+from cocotb.triggers import RisingEdge, ReadOnly
 
+from ..hdl.top import CLOCK_HZ
 from ..host.regmap import RegisterMap
 
 __all__ = ["CLOCK_NS", "start_clock", "reset", "CsrMaster", "pack", "unpack", "StreamSource",
            "StreamSink", "StreamMonitor", "cycle_pause", "XgmiiStartProbe", "layout_fields",
-           "packet_beats", "packet_bytes", "split_packets"]
+           "packet_beats", "packet_bytes", "split_packets", "bench_seed", "rng_for", "stats",
+           "skip_unless", "read_counters", "check_packet_framing", "wait_until"]
 
-#: Core clock period: 156.25 MHz unless ``TICKWIRE_CLOCK_NS`` says otherwise.
-CLOCK_NS = float(__import__("os").environ.get("TICKWIRE_CLOCK_NS", "6.4"))
+#: Core clock period in ns: the gateware's clock unless ``TICKWIRE_CLOCK_NS`` says otherwise.
+CLOCK_NS = float(os.environ.get("TICKWIRE_CLOCK_NS", str(1e9 / CLOCK_HZ)))
+
+
+def bench_seed(default: int) -> int:
+    """A bench's random seed: ``TICKWIRE_RANDOM_SEED`` if set, else ``default``."""
+    return int(os.environ.get("TICKWIRE_RANDOM_SEED", str(default)))
+
+
+def rng_for(seed: int, log: logging.Logger, what: str) -> random.Random:
+    """A seeded generator, its seed logged so a failure can be replayed."""
+    log.info("%s: random seed %d (set TICKWIRE_RANDOM_SEED to change)", what, seed)
+    return random.Random(seed)
+
+
+def stats(values) -> str:
+    return f"min {min(values)} median {statistics.median(values)} max {max(values)} (n={len(values)})"
+
+
+def skip_unless(toplevel: str) -> bool:
+    """True when the running simulation is of another top level (one bench module, two DUTs)."""
+    running = os.environ.get("COCOTB_TOPLEVEL")
+    return running is not None and running != toplevel
+
+
+def read_counters(dut, names: Iterable[str]) -> dict[str, int]:
+    """``stage.name`` -> value of the stage DUT's ``regs__name`` output port."""
+    return {name: int(getattr(dut, "regs__" + name.split(".", 1)[1]).value) for name in names}
+
+
+def check_packet_framing(k: int, beats, want: bytes) -> None:
+    """Beat framing of one packet: full beats, ``last`` only on the final one, ``length`` on all.
+    An empty packet (UDP length 8) is one ``last`` beat with ``nbytes`` 0."""
+    assert beats[-1]["last"] and not any(b["last"] for b in beats[:-1]), f"packet {k}: last flags"
+    assert all(b["nbytes"] == 8 for b in beats[:-1]), f"packet {k}: short beat before the last"
+    assert beats[-1]["nbytes"] == ((len(want) - 1) % 8 + 1 if want else 0), \
+        f"packet {k}: last beat nbytes {beats[-1]['nbytes']} for {len(want)} bytes"
+    lengths = {b["length"] for b in beats}
+    assert lengths == {len(want)}, f"packet {k}: length fields {lengths}, packet is {len(want)} bytes"
+
+
+async def wait_until(dut, done: Callable[[], bool], progress: Callable[[], str], *,
+                     timeout_cycles: int = 50_000, settle: int = 0) -> None:
+    """Wait for ``done()``, then ``settle`` more cycles (for anything unexpected still in
+    flight); fail with ``progress()`` after ``timeout_cycles``."""
+    for _ in range(timeout_cycles):
+        if done():
+            for _ in range(settle):
+                await RisingEdge(dut.clk)
+            return
+        await RisingEdge(dut.clk)
+    raise AssertionError(f"timed out: {progress()}")
 
 
 def start_clock(dut, period_ns: float = CLOCK_NS) -> None:

@@ -9,7 +9,8 @@ from ..hdl.itch import record_layout
 from ..hdl.moldudp64 import message_layout
 from ..protocols import itch
 from .model import ITCH_COUNTERS, ItchModel, Record
-from .stage_bench import StageTB, bench_seed, rng_for
+from .stage_bench import StageTB
+from .tb import bench_seed, rng_for
 from .tb import StreamSource, cycle_pause
 
 #: Cycles from a message taken to its record valid (docstring of ``ItchDecoder``).
@@ -121,12 +122,7 @@ async def run_test_random(dut, *, backpressure: bool):
         assert counters[name] > 0, f"{name} never counted: the stimulus did not exercise it"
 
     latency = tb.latencies([b.cycle for b in inputs], [(k, beat) for (k, _), beat in zip(expected, outputs)])
-    tb.log.info("itch latency (message taken -> record valid), backpressure=%s: min %d max %d cycles "
-                "over %d records", backpressure, min(latency), max(latency), len(latency))
-    if backpressure:
-        assert min(latency) >= LATENCY
-    else:
-        assert set(latency) == {LATENCY}, f"latencies {sorted(set(latency))}, documented {LATENCY}"
+    tb.check_latency(latency, LATENCY, backpressure, "itch latency (message taken -> record valid) per record")
 
 
 @cocotb.test()

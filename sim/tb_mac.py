@@ -9,9 +9,6 @@ are skipped. ``TICKWIRE_RANDOM_SEED`` overrides the seed.
 from __future__ import annotations
 
 import logging
-import os
-import random
-import statistics
 from collections import Counter
 
 import cocotb
@@ -22,30 +19,19 @@ from cocotbext.eth.constants import ETH_PREAMBLE
 from ..hdl.mac import XGMII_ERROR, XGMII_IDLE, XGMII_START, XGMII_TERMINATE
 from ..hdl.packet import packet_layout
 from .model import MAC_RX_COUNTERS, MAC_TX_COUNTERS, MAX_FRAME, MacRxModel, MacTxModel, with_fcs
-from .tb import (StreamMonitor, StreamSink, StreamSource, cycle_pause, packet_beats, packet_bytes,
+from .tb import (bench_seed, check_packet_framing, read_counters, rng_for, skip_unless, stats, wait_until,
+                 StreamMonitor, StreamSink, StreamSource, cycle_pause, packet_beats, packet_bytes,
                  reset, split_packets, start_clock)
 
 logger = logging.getLogger("tb_mac")
 logger.setLevel(logging.INFO)
 
-SEED = int(os.environ.get("TICKWIRE_RANDOM_SEED", "11"))
+SEED = bench_seed(11)
 #: Frame buffer of the ``mac_rx`` build (tickwire.sim.runner), in 64-bit words.
 MAC_RX_BUFFER_WORDS = 512
 #: Cycles from the XGMII word holding /T/ to the first output word (MacRx docstring).
 MAC_RX_LATENCY = 5
 IDLE_WORD = int.from_bytes(bytes([XGMII_IDLE]) * 8, "little")
-
-_TOPLEVEL = os.environ.get("COCOTB_TOPLEVEL")
-
-
-def _rng(name: str) -> random.Random:
-    logger.info("%s: random seed %d (TICKWIRE_RANDOM_SEED)", name, SEED)
-    return random.Random(SEED)
-
-
-def _stats(values) -> str:
-    return f"min {min(values)} median {statistics.median(values)} max {max(values)} (n={len(values)})"
-
 
 class XgmiiMonitor:
     """The control characters of an XGMII bus: cycle and lane of every /S/, /T/ and /E/, and the
@@ -138,16 +124,12 @@ class MacRxTB:
     async def drain(self, timeout_cycles: int = 50_000, settle: int = 300):
         """Wait until the source is idle and every expected packet is out, then ``settle`` more
         cycles for anything unexpected."""
-        for _ in range(timeout_cycles):
-            if self.source.idle() and len(self.packets()) >= len(self.expected):
-                await ClockCycles(self.dut.clk, settle)
-                return
-            await RisingEdge(self.dut.clk)
-        raise AssertionError(f"timed out: {len(self.packets())} of {len(self.expected)} packets")
+        await wait_until(self.dut, lambda: self.source.idle() and len(self.packets()) >= len(self.expected),
+                         lambda: f"{len(self.packets())} of {len(self.expected)} packets",
+                         timeout_cycles=timeout_cycles, settle=settle)
 
     def counters(self) -> dict[str, int]:
-        return {name: int(getattr(self.dut, "regs__" + name.split(".", 1)[1]).value)
-                for name in MAC_RX_COUNTERS}
+        return read_counters(self.dut, MAC_RX_COUNTERS)
 
     def check(self):
         packets = split_packets(self.sink.beats)
@@ -156,10 +138,7 @@ class MacRxTB:
         for k, (beats, want) in enumerate(zip(packets, self.expected)):
             got = packet_bytes(beats)
             assert got == want, f"packet {k} differs:\n got  {got.hex()}\n want {want.hex()}"
-            assert beats[-1]["last"] and not any(b["last"] for b in beats[:-1]), f"packet {k}: last flags"
-            assert all(b["nbytes"] == 8 for b in beats[:-1]), f"packet {k}: short beat before the last"
-            lengths = {b["length"] for b in beats}
-            assert lengths == {len(want)}, f"packet {k}: length fields {lengths}, frame is {len(want)} bytes"
+            check_packet_framing(k, beats, want)
         want = dict(self.model.counters)
         want["mac_rx.overflow"] += self.extra_overflow
         got = self.counters()
@@ -174,10 +153,6 @@ class MacRxTB:
             firsts.append(self.sink.cycles[index])
             index += len(beats)
         return [first - self.monitor.terminates[owner][0] for first, owner in zip(firsts, self.owners)]
-
-
-def _skip_unless(toplevel: str) -> bool:
-    return _TOPLEVEL is not None and _TOPLEVEL != toplevel
 
 
 def _good(rng, lo=60, hi=1514) -> bytes:
@@ -207,11 +182,11 @@ def _bad(rng, kind: str) -> tuple[bytes, int | None]:
 BAD_KINDS = ("bad_fcs_data", "bad_fcs_fcs", "runt", "oversize", "error")
 
 
-@cocotb.test(skip=_skip_unless("mac_rx"))
+@cocotb.test(skip=skip_unless("mac_rx"))
 async def mac_rx_good_frames(dut):
     """Good frames of random lengths back to back, starting in lane 0 and lane 4: every frame out
     byte for byte without its FCS; latency from /T/ to the first output word logged."""
-    rng = _rng("mac_rx_good_frames")
+    rng = rng_for(SEED, logger, "mac_rx_good_frames")
     tb = MacRxTB(dut)
     await tb.reset()
     lengths = [60, 61, 1514, MAX_FRAME - 4] + [rng.randint(60, 1514) for _ in range(80)] + \
@@ -224,14 +199,14 @@ async def mac_rx_good_frames(dut):
     tb.log.info("frames by start lane: %s", dict(lanes))
     assert lanes[0] > 0 and lanes[4] > 0, f"starts by lane {dict(lanes)}: both lanes 0 and 4 needed"
     lat = tb.latencies()
-    tb.log.info("latency /T/ word -> first output word, back to back: %s cycles", _stats(lat))
+    tb.log.info("latency /T/ word -> first output word, back to back: %s cycles", stats(lat))
 
 
-@cocotb.test(skip=_skip_unless("mac_rx"))
+@cocotb.test(skip=skip_unless("mac_rx"))
 async def mac_rx_bad_frames(dut):
     """Bad FCS (data or FCS bits), runts, oversize frames and /E/ inside a frame are dropped and
     counted; the good frame after each comes out."""
-    rng = _rng("mac_rx_bad_frames")
+    rng = rng_for(SEED, logger, "mac_rx_bad_frames")
     tb = MacRxTB(dut)
     await tb.reset()
     boundary = [with_fcs(rng.randbytes(59)), with_fcs(rng.randbytes(60)),       # runt / good
@@ -252,11 +227,11 @@ async def mac_rx_bad_frames(dut):
         assert counters[name] > 0, f"{name} never counted"
 
 
-@cocotb.test(skip=_skip_unless("mac_rx"))
+@cocotb.test(skip=skip_unless("mac_rx"))
 async def mac_rx_backpressure(dut):
     """Good and bad frames with random backpressure on o_stream; each burst fits the frame buffer
     (so nothing overflows) and ends with a good frame."""
-    rng = _rng("mac_rx_backpressure")
+    rng = rng_for(SEED, logger, "mac_rx_backpressure")
     tb = MacRxTB(dut, pause=cycle_pause(0.5, seed=SEED))
     await tb.reset()
     # Random frames up to ``budget`` words, then a good frame (at most 190 words) to close the
@@ -280,11 +255,11 @@ async def mac_rx_backpressure(dut):
     tb.check()
 
 
-@cocotb.test(skip=_skip_unless("mac_rx"))
+@cocotb.test(skip=skip_unless("mac_rx"))
 async def mac_rx_overflow(dut):
     """With o_stream stalled, frames beyond the buffer are dropped and counted as overflow; once
     released, the frames that fitted come out, and later frames flow normally."""
-    rng = _rng("mac_rx_overflow")
+    rng = rng_for(SEED, logger, "mac_rx_overflow")
     hold = [True]
 
     def gate():
@@ -312,10 +287,10 @@ async def mac_rx_overflow(dut):
     assert counters["mac_rx.overflow"] == fit
 
 
-@cocotb.test(skip=_skip_unless("mac_rx"))
+@cocotb.test(skip=skip_unless("mac_rx"))
 async def mac_rx_latency(dut):
     """Latency of isolated frames, every /T/ lane, starts in lane 0 and lane 4."""
-    rng = _rng("mac_rx_latency")
+    rng = rng_for(SEED, logger, "mac_rx_latency")
     tb = MacRxTB(dut)
     await tb.reset()
     by_case: dict[tuple[int, int], set[int]] = {}
@@ -410,7 +385,7 @@ class MacTxTB:
             assert frame.check_fcs(), f"frame {k}: bad FCS"
         gaps = self.monitor.gaps
         if gaps:
-            self.log.info("idle characters between frames: %s", _stats(gaps))
+            self.log.info("idle characters between frames: %s", stats(gaps))
             assert min(gaps) >= 12, f"inter-frame gap of {min(gaps)} idle characters"
         assert len(self.monitor.starts) == len(self.expected)
         want = dict(self.model.counters)
@@ -427,11 +402,11 @@ def _tx_lengths(rng, count: int) -> list[int]:
                     for _ in range(count)]
 
 
-@cocotb.test(skip=_skip_unless("mac_tx"))
+@cocotb.test(skip=skip_unless("mac_tx"))
 async def mac_tx_frames(dut):
     """Frames of random lengths 1..1514 (short ones padded to 60), back to back or with gaps:
     start in lane 0, preamble, payload as the model pads it, good FCS, >= 12 idles between."""
-    rng = _rng("mac_tx_frames")
+    rng = rng_for(SEED, logger, "mac_tx_frames")
     tb = MacTxTB(dut)
     await tb.reset()
     for n in _tx_lengths(rng, 120):
@@ -442,11 +417,11 @@ async def mac_tx_frames(dut):
     tb.check()
 
 
-@cocotb.test(skip=_skip_unless("mac_tx"))
+@cocotb.test(skip=skip_unless("mac_tx"))
 async def mac_tx_underrun(dut):
     """``valid`` dropped inside a frame: the frame ends with /E/, ``underruns`` counts it, the
     rest of that frame is discarded and the next frame goes out intact."""
-    rng = _rng("mac_tx_underrun")
+    rng = rng_for(SEED, logger, "mac_tx_underrun")
     tb = MacTxTB(dut)
     await tb.reset()
     for k in range(30):
@@ -460,10 +435,10 @@ async def mac_tx_underrun(dut):
     assert counters["mac_tx.underruns"] == 30
 
 
-@cocotb.test(skip=_skip_unless("mac_tx"))
+@cocotb.test(skip=skip_unless("mac_tx"))
 async def mac_tx_latency(dut):
     """Cycles from the first word offered (MAC idle) to the start word on XGMII."""
-    rng = _rng("mac_tx_latency")
+    rng = rng_for(SEED, logger, "mac_tx_latency")
     tb = MacTxTB(dut)
     await tb.reset()
     lat = []
@@ -475,5 +450,5 @@ async def mac_tx_latency(dut):
         assert tb.inputs.stalls == 0   # the MAC was idle: the first word went in as offered
         lat.append(tb.monitor.starts[-1][0] - tb.inputs.cycles[first])
     tb.check()
-    tb.log.info("latency first word offered -> start word: %s cycles", _stats(lat))
+    tb.log.info("latency first word offered -> start word: %s cycles", stats(lat))
     assert set(lat) == {1}, f"latencies {lat}"

@@ -7,39 +7,27 @@ every message and every counter checked against :class:`~tickwire.sim.model.Mold
 from __future__ import annotations
 
 import logging
-import os
-import random
-import statistics
 from collections import Counter
 
 import cocotb
-from cocotb.triggers import ClockCycles, RisingEdge
 
 from ..hdl.moldudp64 import message_layout
 from ..hdl.packet import packet_layout
 from ..protocols import itch, moldudp64
 from .model import MOLDUDP64_COUNTERS, MoldUdp64Model
-from .tb import (StreamMonitor, StreamSink, StreamSource, cycle_pause, packet_beats, reset,
+from .tb import (bench_seed, read_counters, rng_for, stats, wait_until,
+                 StreamMonitor, StreamSink, StreamSource, cycle_pause, packet_beats, reset,
                  start_clock)
 
 logger = logging.getLogger("tb_moldudp64")
 logger.setLevel(logging.INFO)
 
-SEED = int(os.environ.get("TICKWIRE_RANDOM_SEED", "17"))
+SEED = bench_seed(17)
 #: Largest UDP payload of a 1514-byte frame.
 MAX_PAYLOAD = 1472
 SESSIONS = (b"TICKWIRE01", b"TICKWIRE02", b"NASDAQ0001")
 #: ITCH 5.0 type letters, so the messages look like ITCH (the stage does not read them).
 TYPES = b"SRHYLVWKJhAFECXDUPQBINO"
-
-
-def _rng(name: str) -> random.Random:
-    logger.info("%s: random seed %d (TICKWIRE_RANDOM_SEED)", name, SEED)
-    return random.Random(SEED)
-
-
-def _stats(values) -> str:
-    return f"min {min(values)} median {statistics.median(values)} max {max(values)} (n={len(values)})"
 
 
 def message(rng, length: int | None = None) -> bytes:
@@ -109,16 +97,13 @@ class MoldUdp64TB:
 
     async def settle(self, timeout_cycles: int = 50_000, extra: int = 4):
         """Wait until every beat is in and every expected message is out, then ``extra`` cycles."""
-        for _ in range(timeout_cycles):
-            if len(self.sink.beats) >= len(self.expected) and not int(self.source.valid.value):
-                await ClockCycles(self.dut.clk, extra)
-                return
-            await RisingEdge(self.dut.clk)
-        raise AssertionError(f"timed out: {len(self.sink.beats)} of {len(self.expected)} messages")
+        await wait_until(self.dut,
+                         lambda: len(self.sink.beats) >= len(self.expected) and not int(self.source.valid.value),
+                         lambda: f"{len(self.sink.beats)} of {len(self.expected)} messages",
+                         timeout_cycles=timeout_cycles, settle=extra)
 
     def counters(self) -> dict[str, int]:
-        return {name: int(getattr(self.dut, "regs__" + name.split(".", 1)[1]).value)
-                for name in MOLDUDP64_COUNTERS}
+        return read_counters(self.dut, MOLDUDP64_COUNTERS)
 
     def check_counters(self, where: str = "") -> dict[str, int]:
         got = self.counters()
@@ -243,7 +228,7 @@ def _lane_coverage(datagrams) -> Counter:
 async def moldudp64_sequencing(dut):
     """A scenario with every event, one datagram at a time, no stalls: after each datagram every
     counter equals the model's; every message as the model delivers it."""
-    rng = _rng("moldudp64_sequencing")
+    rng = rng_for(SEED, logger, "moldudp64_sequencing")
     tb = MoldUdp64TB(dut)
     await tb.reset()
     tb.check_counters("after reset")
@@ -264,7 +249,7 @@ async def moldudp64_sequencing(dut):
 @cocotb.test()
 async def moldudp64_backpressure(dut):
     """Another scenario sent back to back with random stalls on the input and the output."""
-    rng = _rng("moldudp64_backpressure")
+    rng = rng_for(SEED, logger, "moldudp64_backpressure")
     rng.random()  # a different draw from moldudp64_sequencing
     tb = MoldUdp64TB(dut, source_pause=cycle_pause(0.2, seed=SEED), sink_pause=cycle_pause(0.5, seed=SEED + 1))
     await tb.reset()
@@ -278,7 +263,7 @@ async def moldudp64_backpressure(dut):
 async def moldudp64_densest(dut):
     """12-byte messages back to back in full datagrams, no input gaps and no backpressure: every
     message comes out and i_stream.ready never drops."""
-    rng = _rng("moldudp64_densest")
+    rng = rng_for(SEED, logger, "moldudp64_densest")
     tb = MoldUdp64TB(dut)
     await tb.reset()
     per_datagram = (MAX_PAYLOAD - moldudp64.HEADER_LENGTH) // (2 + itch.MIN_LENGTH)
@@ -299,7 +284,7 @@ async def moldudp64_densest(dut):
 @cocotb.test()
 async def moldudp64_latency(dut):
     """No stalls: each message leaves one cycle after the word holding its last byte arrives."""
-    rng = _rng("moldudp64_latency")
+    rng = rng_for(SEED, logger, "moldudp64_latency")
     tb = MoldUdp64TB(dut)
     await tb.reset()
     sequence = 1
@@ -316,5 +301,5 @@ async def moldudp64_latency(dut):
             words.append(current)
             current = []
     lat = [out - words[datagram][end // 8] for out, (datagram, end) in zip(tb.sink.cycles, tb.owners)]
-    tb.log.info("latency word with a message's last byte -> message out: %s cycles", _stats(lat))
+    tb.log.info("latency word with a message's last byte -> message out: %s cycles", stats(lat))
     assert set(lat) == {1}, Counter(lat)

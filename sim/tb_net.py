@@ -9,9 +9,6 @@ are skipped. ``TICKWIRE_RANDOM_SEED`` overrides the seed.
 from __future__ import annotations
 
 import logging
-import os
-import random
-import statistics
 from collections import Counter
 
 import cocotb
@@ -26,48 +23,18 @@ from ..protocols.net import (ETHERNET_HEADER_LENGTH, IPV4, IPV4_FLAG_DONT_FRAGME
 from .defaults import CARD_MAC, DEFAULT_FEED, FEED_GROUP, FEED_PORT
 from .feed import udp_frame
 from .model import NET_RX_COUNTERS, NET_TX_COUNTERS, NetRxModel, NetTxModel, RegisterFile
-from .tb import (StreamMonitor, StreamSink, StreamSource, cycle_pause, packet_beats, packet_bytes,
+from .tb import (bench_seed, check_packet_framing, read_counters, rng_for, skip_unless, stats, wait_until,
+                 StreamMonitor, StreamSink, StreamSource, cycle_pause, packet_beats, packet_bytes,
                  reset, split_packets, start_clock)
 
 logger = logging.getLogger("tb_net")
 logger.setLevel(logging.INFO)
 
-SEED = int(os.environ.get("TICKWIRE_RANDOM_SEED", "13"))
+SEED = bench_seed(13)
 #: Largest UDP payload of a 1514-byte frame.
 MAX_UDP_PAYLOAD = 1514 - UDP_PAYLOAD_OFFSET
 IP = ETHERNET_HEADER_LENGTH
 UDP_OFFSET = IP + IPV4_HEADER_LENGTH
-
-_TOPLEVEL = os.environ.get("COCOTB_TOPLEVEL")
-
-
-def _skip_unless(toplevel: str) -> bool:
-    return _TOPLEVEL is not None and _TOPLEVEL != toplevel
-
-
-def _rng(name: str) -> random.Random:
-    logger.info("%s: random seed %d (TICKWIRE_RANDOM_SEED)", name, SEED)
-    return random.Random(SEED)
-
-
-def _stats(values) -> str:
-    return f"min {min(values)} median {statistics.median(values)} max {max(values)} (n={len(values)})"
-
-
-def _counters(dut, names) -> dict[str, int]:
-    return {name: int(getattr(dut, "regs__" + name.split(".", 1)[1]).value) for name in names}
-
-
-def _check_beats(k: int, beats, want: bytes) -> None:
-    """Beat framing of one packet: full beats, ``last`` only on the final one, ``length`` on all.
-    An empty packet (UDP length 8) is one ``last`` beat with ``nbytes`` 0."""
-    assert beats[-1]["last"] and not any(b["last"] for b in beats[:-1]), f"packet {k}: last flags"
-    assert all(b["nbytes"] == 8 for b in beats[:-1]), f"packet {k}: short beat before the last"
-    assert beats[-1]["nbytes"] == ((len(want) - 1) % 8 + 1 if want else 0), \
-        f"packet {k}: last beat nbytes {beats[-1]['nbytes']} for {len(want)} bytes"
-    lengths = {b["length"] for b in beats}
-    assert lengths == {len(want)}, f"packet {k}: length fields {lengths}, packet is {len(want)} bytes"
-
 
 # -- NetRx ----------------------------------------------------------------------------------------
 
@@ -115,12 +82,9 @@ class NetRxTB:
         return [p for p in split_packets(self.sink.beats) if p[-1]["last"]]
 
     async def drain(self, timeout_cycles: int = 50_000):
-        for _ in range(timeout_cycles):
-            if len(self.packets()) >= len(self.expected):
-                await ClockCycles(self.dut.clk, 50)
-                return
-            await RisingEdge(self.dut.clk)
-        raise AssertionError(f"timed out: {len(self.packets())} of {len(self.expected)} payloads")
+        await wait_until(self.dut, lambda: len(self.packets()) >= len(self.expected),
+                         lambda: f"{len(self.packets())} of {len(self.expected)} payloads",
+                         timeout_cycles=timeout_cycles, settle=50)
 
     def check(self):
         packets = split_packets(self.sink.beats)
@@ -129,8 +93,8 @@ class NetRxTB:
         for k, (beats, want) in enumerate(zip(packets, self.expected)):
             got = packet_bytes(beats)
             assert got == want, f"payload {k} (frame {self.owners[k]}) differs:\n got  {got.hex()}\n want {want.hex()}"
-            _check_beats(k, beats, want)
-        got = _counters(self.dut, NET_RX_COUNTERS)
+            check_packet_framing(k, beats, want)
+        got = read_counters(self.dut, NET_RX_COUNTERS)
         assert got == self.model.counters, f"counters differ:\n card  {got}\n model {self.model.counters}"
         self.log.info("counters %s", got)
         return got
@@ -261,10 +225,10 @@ def rx_cases(rng) -> list[tuple[str, bytes]]:
     return cases
 
 
-@cocotb.test(skip=_skip_unless("net_rx"))
+@cocotb.test(skip=skip_unless("net_rx"))
 async def net_rx_filter(dut):
     """Every kind of good and bad frame, no stalls: payloads and drop counters as the model says."""
-    rng = _rng("net_rx_filter")
+    rng = rng_for(SEED, logger, "net_rx_filter")
     tb = NetRxTB(dut)
     await tb.reset()
     for kind, frame in rx_cases(rng):
@@ -278,10 +242,10 @@ async def net_rx_filter(dut):
     assert set(ends) == set(range(8)), f"payload lengths mod 8: {dict(ends)}"
 
 
-@cocotb.test(skip=_skip_unless("net_rx"))
+@cocotb.test(skip=skip_unless("net_rx"))
 async def net_rx_backpressure(dut):
     """The same mix with random stalls on both the input and the output stream."""
-    rng = _rng("net_rx_backpressure")
+    rng = rng_for(SEED, logger, "net_rx_backpressure")
     tb = NetRxTB(dut, source_pause=cycle_pause(0.3, seed=SEED), sink_pause=cycle_pause(0.4, seed=SEED + 1))
     await tb.reset()
     for kind, frame in rx_cases(rng):
@@ -290,11 +254,11 @@ async def net_rx_backpressure(dut):
     tb.check()
 
 
-@cocotb.test(skip=_skip_unless("net_rx"))
+@cocotb.test(skip=skip_unless("net_rx"))
 async def net_rx_latency(dut):
     """Frames back to back, no stalls: payload word j leaves one cycle after frame word 6 + j
     arrives; when the frame ends in word 5 + j, two cycles after that word (NetRx docstring)."""
-    rng = _rng("net_rx_latency")
+    rng = rng_for(SEED, logger, "net_rx_latency")
     tb = NetRxTB(dut)
     await tb.reset()
     for n in list(range(0, 40)) + [rng.randint(0, MAX_UDP_PAYLOAD) for _ in range(20)]:
@@ -306,8 +270,8 @@ async def net_rx_latency(dut):
     lat = tb.latencies()
     normal = [c for c, flush in lat if not flush]
     flush = [c for c, flush in lat if flush]
-    tb.log.info("latency frame word 6+j -> payload word j: %s cycles", _stats(normal))
-    tb.log.info("latency when the frame ends in word 5+j (flush): %s cycles after word 5+j", _stats(flush))
+    tb.log.info("latency frame word 6+j -> payload word j: %s cycles", stats(normal))
+    tb.log.info("latency when the frame ends in word 5+j (flush): %s cycles after word 5+j", stats(flush))
     assert set(normal) == {1} and set(flush) == {2}, f"latencies {Counter(lat)}"
 
 
@@ -352,12 +316,9 @@ class NetTxTB:
         return [p for p in split_packets(self.sink.beats) if p[-1]["last"]]
 
     async def drain(self, timeout_cycles: int = 50_000):
-        for _ in range(timeout_cycles):
-            if len(self.packets()) >= len(self.expected):
-                await ClockCycles(self.dut.clk, 50)
-                return
-            await RisingEdge(self.dut.clk)
-        raise AssertionError(f"timed out: {len(self.packets())} of {len(self.expected)} frames")
+        await wait_until(self.dut, lambda: len(self.packets()) >= len(self.expected),
+                         lambda: f"{len(self.packets())} of {len(self.expected)} frames",
+                         timeout_cycles=timeout_cycles, settle=50)
 
     def check(self):
         packets = split_packets(self.sink.beats)
@@ -366,11 +327,11 @@ class NetTxTB:
         for k, (beats, want) in enumerate(zip(packets, self.expected)):
             got = packet_bytes(beats)
             assert got == want, f"frame {k} differs:\n got  {got.hex()}\n want {want.hex()}"
-            _check_beats(k, beats, want)
+            check_packet_framing(k, beats, want)
             header = got[IP:IP + IPV4_HEADER_LENGTH]
             assert ipv4_checksum(header) == 0, f"frame {k}: IPv4 header checksum wrong"
             assert IPV4.unpack(header)["identification"] == k & 0xFFFF, f"frame {k}: identification"
-        got = _counters(self.dut, NET_TX_COUNTERS)
+        got = read_counters(self.dut, NET_TX_COUNTERS)
         assert got == self.model.counters, f"counters differ:\n card  {got}\n model {self.model.counters}"
         self.log.info("counters %s", got)
         return got
@@ -382,10 +343,10 @@ def _random_registers(rng) -> dict[str, int]:
             "net_tx.src_port": rng.getrandbits(16), "net_tx.dst_port": rng.getrandbits(16)}
 
 
-@cocotb.test(skip=_skip_unless("net_tx"))
+@cocotb.test(skip=skip_unless("net_tx"))
 async def net_tx_frames(dut):
     """50-byte payloads (SoupBinTCP-framed OUCH orders) with the default registers, no stalls."""
-    rng = _rng("net_tx_frames")
+    rng = rng_for(SEED, logger, "net_tx_frames")
     tb = NetTxTB(dut)
     await tb.reset()
     for _ in range(60):
@@ -394,10 +355,10 @@ async def net_tx_frames(dut):
     tb.check()
 
 
-@cocotb.test(skip=_skip_unless("net_tx"))
+@cocotb.test(skip=skip_unless("net_tx"))
 async def net_tx_backpressure(dut):
     """50-byte payloads with random stalls on both streams, random addresses and ports."""
-    rng = _rng("net_tx_backpressure")
+    rng = rng_for(SEED, logger, "net_tx_backpressure")
     for round_ in range(3):
         registers = _random_registers(rng)
         tb = NetTxTB(dut, source_pause=cycle_pause(0.3, seed=SEED + round_),
@@ -409,10 +370,10 @@ async def net_tx_backpressure(dut):
         tb.check()
 
 
-@cocotb.test(skip=_skip_unless("net_tx"))
+@cocotb.test(skip=skip_unless("net_tx"))
 async def net_tx_lengths(dut):
     """Payloads of every length 1..max_payload, under stalls."""
-    rng = _rng("net_tx_lengths")
+    rng = rng_for(SEED, logger, "net_tx_lengths")
     tb = NetTxTB(dut, source_pause=cycle_pause(0.2, seed=SEED), sink_pause=cycle_pause(0.3, seed=SEED + 1))
     await tb.reset()
     lengths = list(range(1, ENTER_ORDER_PACKET_LENGTH + 1))
@@ -423,11 +384,11 @@ async def net_tx_lengths(dut):
     tb.check()
 
 
-@cocotb.test(skip=_skip_unless("net_tx"))
+@cocotb.test(skip=skip_unless("net_tx"))
 async def net_tx_latency(dut):
     """Cycles from a payload accepted to the first frame word offered, and from the first to
     the last frame word, no stalls."""
-    rng = _rng("net_tx_latency")
+    rng = rng_for(SEED, logger, "net_tx_latency")
     tb = NetTxTB(dut)
     await tb.reset()
     first_word, whole = [], []
@@ -439,7 +400,7 @@ async def net_tx_latency(dut):
         first_word.append(tb.sink.cycles[index] - tb.inputs.cycles[-1])
         whole.append(tb.sink.cycles[-1] - tb.sink.cycles[index] + 1)
     tb.check()
-    tb.log.info("latency payload accepted -> first frame word: %s cycles", _stats(first_word))
-    tb.log.info("frame words out back to back: %s cycles per frame", _stats(whole))
+    tb.log.info("latency payload accepted -> first frame word: %s cycles", stats(first_word))
+    tb.log.info("frame words out back to back: %s cycles per frame", stats(whole))
     assert set(first_word) == {1}
     assert set(whole) == {(UDP_PAYLOAD_OFFSET + ENTER_ORDER_PACKET_LENGTH + 7) // 8}

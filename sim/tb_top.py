@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 import cocotb
-from cocotb.triggers import RisingEdge, Timer
+from cocotb.triggers import RisingEdge
 from cocotbext.eth import XgmiiFrame, XgmiiSink, XgmiiSource
 
 from ..protocols import itch, moldudp64

@@ -5,7 +5,7 @@ import zlib
 
 from amaranth.hdl import Module
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 from amaranth.sim import Simulator
 from hypothesis import given, settings, strategies as st
 

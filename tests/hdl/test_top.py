@@ -6,25 +6,20 @@ import sys
 
 import pytest
 
-from tickwire.sim.runner import build, run
-
-
-@pytest.fixture(scope="session")
-def top_build():
-    return build("top")
+from tickwire.sim.runner import run
 
 
 @pytest.mark.parametrize("testcase", ["default_feed", "bad_input_never_wedges", "kill_switch"])
-def test_top(top_build, testcase):
+def test_top(testcase):
     run("top", "tickwire.sim.tb_top", testcase=testcase)
 
 
 @pytest.mark.parametrize("seed", [3, 11, 20])
-def test_top_random_feeds(top_build, seed):
+def test_top_random_feeds(seed):
     run("top", "tickwire.sim.tb_top", testcase="random_feeds", extra_env={"TICKWIRE_RANDOM_SEED": str(seed)})
 
 
-def test_demo_cli(top_build, tmp_path):
+def test_demo_cli(tmp_path):
     """``tickwire demo`` prints measured figures and writes pcaps that scapy reads back."""
     from scapy.utils import rdpcap
     out = tmp_path / "demo"
@@ -40,7 +35,7 @@ def test_demo_cli(top_build, tmp_path):
     assert bytes(orders[0]["UDP"].payload)[2:4] == b"UO"  # SoupBinTCP 'U' carrying OUCH Enter Order 'O'
 
 
-def test_sim_run_pcap_with_config(top_build, tmp_path):
+def test_sim_run_pcap_with_config(tmp_path):
     """``tickwire sim run`` replays a pcap with register overrides from TOML (kill switch on)."""
     from tickwire.sim.feed import build_feed
     from tickwire.sim.pcap import write_pcap

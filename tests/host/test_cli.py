@@ -272,3 +272,8 @@ def test_sim_run_missing_feed(monkeypatch, capsys, tmp_path):
     assert cli.main(["sim", "run", "--feed", str(tmp_path / "nothing.pcap")]) == 2
     assert _error(capsys) == f"tickwire: error: feed {tmp_path / 'nothing.pcap'} not found\n"
     assert calls == []
+
+
+def test_default_clock_is_the_gateware_clock():
+    from tickwire.hdl.top import CLOCK_HZ
+    assert cli.DEFAULT_CLOCK_MHZ == CLOCK_HZ / 1e6

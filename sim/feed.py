@@ -16,7 +16,7 @@ from tickwire.protocols.net import (
 
 __all__ = [
     "DEFAULT_SYMBOLS", "REFERENCE_PRICES", "MARKET_OPEN_NS", "DEFAULT_SESSION", "DEFAULT_MAX_PAYLOAD",
-    "generate_messages", "datagrams", "udp_frame", "frames", "build_feed",
+    "generate_messages", "datagrams", "udp_frame", "frames", "feed_frames", "build_feed",
     # address and checksum helpers, defined in tickwire.protocols.net
     "mac_to_int", "int_to_mac", "ip_to_int", "int_to_ip", "ipv4_checksum", "multicast_mac",
 ]
@@ -305,21 +305,38 @@ def frames(payloads: Iterable[bytes], *, src_mac: int | str, src_ip: int | str, 
             for i, p in enumerate(payloads)]
 
 
-def build_feed(config: Mapping[str, Any] | None = None) -> list[tuple[int, bytes]]:
-    """The feed described by ``config`` (default :data:`tickwire.sim.defaults.DEFAULT_FEED`) as
-    ``(timestamp_ns, frame)`` records ready for :func:`tickwire.sim.pcap.write_pcap`; each
-    timestamp is the ITCH timestamp of the datagram's first message."""
+def _feed_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     from .defaults import DEFAULT_FEED  # late: defaults is configuration, feed is mechanism
 
     cfg = {**DEFAULT_FEED, **(config or {})}
     unknown = set(cfg) - set(DEFAULT_FEED)
     if unknown:
         raise ValueError(f"unknown feed parameters {sorted(unknown)}; known: {sorted(DEFAULT_FEED)}")
-    messages = generate_messages(cfg["count"], seed=cfg["seed"], symbols=cfg["symbols"])
+    return cfg
+
+
+def _datagrams_and_frames(messages: Iterable[bytes], cfg: Mapping[str, Any]) -> tuple[list[bytes], list[bytes]]:
     packets = datagrams(messages, session=cfg["session"], first_sequence=cfg["first_sequence"],
                         max_payload=cfg["max_payload"], max_messages=cfg["max_messages"])
     out = frames(packets, src_mac=cfg["src_mac"], src_ip=cfg["src_ip"], src_port=cfg["src_port"],
                  dst_ip=cfg["dst_ip"], dst_port=cfg["dst_port"])
+    return packets, out
+
+
+def feed_frames(messages: Iterable[bytes], config: Mapping[str, Any] | None = None) -> list[bytes]:
+    """``messages`` packed into MoldUDP64 datagrams and Ethernet frames (no FCS) as the feed
+    ``config`` describes (parameters of :data:`~tickwire.sim.defaults.DEFAULT_FEED`; the
+    generator's ``count``, ``seed`` and ``symbols`` are not used)."""
+    return _datagrams_and_frames(messages, _feed_config(config))[1]
+
+
+def build_feed(config: Mapping[str, Any] | None = None) -> list[tuple[int, bytes]]:
+    """The feed described by ``config`` (default :data:`tickwire.sim.defaults.DEFAULT_FEED`) as
+    ``(timestamp_ns, frame)`` records ready for :func:`tickwire.sim.pcap.write_pcap`; each
+    timestamp is the ITCH timestamp of the datagram's first message."""
+    cfg = _feed_config(config)
+    messages = generate_messages(cfg["count"], seed=cfg["seed"], symbols=cfg["symbols"])
+    packets, out = _datagrams_and_frames(messages, cfg)
     stamps = []
     for packet in packets:
         first = moldudp64.unpack(packet)[1][0]

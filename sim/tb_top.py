@@ -16,7 +16,7 @@ from cocotbext.eth import XgmiiFrame, XgmiiSink, XgmiiSource
 from ..protocols import itch, moldudp64
 from ..protocols.net import ipv4_checksum
 from .defaults import DEFAULT_FEED, DEFAULT_REGISTERS
-from .feed import build_feed, datagrams, frames as udp_frames, generate_messages
+from .feed import build_feed, feed_frames, frames as udp_frames, generate_messages
 from .model import COUNTER_NAMES, PipelineModel, with_fcs
 from .pcap import read_pcap, write_pcap
 from .tb import CLOCK_NS, CsrMaster, XgmiiStartProbe, reset, start_clock
@@ -101,11 +101,9 @@ def _with_fcs_all(frames):
 
 
 def _feed_frames(messages: list[bytes], *, first_sequence=1, session=None, max_messages=None):
-    cfg = DEFAULT_FEED
-    packets = datagrams(messages, session=session or cfg["session"], first_sequence=first_sequence,
-                        max_payload=cfg["max_payload"], max_messages=max_messages or cfg["max_messages"])
-    return udp_frames(packets, src_mac=cfg["src_mac"], src_ip=cfg["src_ip"], src_port=cfg["src_port"],
-                      dst_ip=cfg["dst_ip"], dst_port=cfg["dst_port"])
+    over = {"first_sequence": first_sequence, "session": session or DEFAULT_FEED["session"],
+            "max_messages": max_messages or DEFAULT_FEED["max_messages"]}
+    return feed_frames(messages, over)
 
 
 def _trigger_add(order_reference_number: int, price: int = 150_0000, shares: int = 100, locate: int | None = None):

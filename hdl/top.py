@@ -5,10 +5,9 @@ from amaranth.lib import wiring, fifo
 from amaranth.lib.wiring import In, Out, connect
 
 from .csr import CsrBank, CsrBusSignature, Register, registers_signature
-from .mac import MacRx, MacTx, XgmiiSignature
-from .net import NetRx, NetTx
-from .moldudp64 import MoldUdp64
-from .itch import ItchDecoder
+from .mac import MacTx, XgmiiSignature
+from .net import NetTx
+from .market_data import MarketDataPath
 from .trigger import Trigger, intent_layout
 from .risk import Risk
 from .ouch import OuchEncoder, ENTER_ORDER_PACKET_LENGTH
@@ -81,17 +80,13 @@ class Appliance(wiring.Component):
         self.order_queue_depth = order_queue_depth
         self.rx_buffer_words = rx_buffer_words
         self.identity = Identity()
-        self.mac_rx = MacRx(buffer_words=rx_buffer_words)
-        self.net_rx = NetRx()
-        self.moldudp64 = MoldUdp64()
-        self.itch = ItchDecoder()
+        self.market_data = MarketDataPath(rx_buffer_words=rx_buffer_words)
         self.trigger = Trigger()
         self.risk = Risk()
         self.ouch = OuchEncoder()
         self.net_tx = NetTx(max_payload=ENTER_ORDER_PACKET_LENGTH)
         self.mac_tx = MacTx()
-        stages = {"id": self.identity, "mac_rx": self.mac_rx, "net_rx": self.net_rx,
-                  "moldudp64": self.moldudp64, "itch": self.itch, "trigger": self.trigger,
+        stages = {"id": self.identity, **self.market_data.stages, "trigger": self.trigger,
                   "risk": self.risk, "ouch": self.ouch, "net_tx": self.net_tx, "mac_tx": self.mac_tx}
         self.stages = {name: stages[name] for name in STAGE_ORDER}
         self.bank = CsrBank([(name, type(stage).registers) for name, stage in self.stages.items()])
@@ -103,18 +98,17 @@ class Appliance(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        m.submodules.market_data = self.market_data
         for name, stage in self.stages.items():
-            m.submodules[name] = stage
+            if name not in self.market_data.stages:
+                m.submodules[name] = stage
         m.submodules.csr_bank = self.bank
         connect(m, wiring.flipped(self.csr), self.bank.bus)
         for name, stage in self.stages.items():
             connect(m, getattr(self.bank, name), stage.regs)
 
-        connect(m, wiring.flipped(self.feed_rx), self.mac_rx.xgmii)
-        connect(m, self.mac_rx.o_stream, self.net_rx.i_stream)
-        connect(m, self.net_rx.o_stream, self.moldudp64.i_stream)
-        connect(m, self.moldudp64.o_stream, self.itch.i_stream)
-        connect(m, self.itch.o_stream, self.trigger.i_stream)
+        connect(m, wiring.flipped(self.feed_rx), self.market_data.feed_rx)
+        connect(m, self.market_data.o_records, self.trigger.i_stream)
         connect(m, self.trigger.o_stream, self.risk.i_stream)
 
         # Accepted orders queue for the order port so a burst never stalls the market-data path.

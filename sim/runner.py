@@ -76,7 +76,7 @@ class Dut:
 
 
 def _duts() -> dict[str, Dut]:
-    from ..hdl import mac, net, moldudp64, itch, trigger, risk, ouch, top
+    from ..hdl import mac, net, moldudp64, itch, trigger, risk, ouch, top, market_data
     from ..hdl.ouch import ENTER_ORDER_PACKET_LENGTH
     return {
         "mac_rx": Dut("mac_rx", lambda: mac.MacRx(buffer_words=512)),
@@ -89,6 +89,7 @@ def _duts() -> dict[str, Dut]:
         "risk": Dut("risk", risk.Risk),
         "ouch": Dut("ouch", ouch.OuchEncoder),
         "top": Dut("tickwire_top", top.Appliance),
+        "market_data": Dut("market_data", market_data.MarketDataTop),
     }
 
 

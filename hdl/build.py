@@ -6,10 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
+from amaranth.hdl import Elaboratable
+
 from .csr import regmap_document, regmap_json, regmap_markdown
 from .top import CLOCK_HZ, Appliance
 
-__all__ = ["regmap", "write_regmap", "main"]
+__all__ = ["regmap", "top_regmap", "write_regmap", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -18,16 +20,37 @@ REGMAP_JSON = _ROOT / "host" / "registers.json"
 REGMAP_MD = _ROOT / "docs" / "registers.md"
 
 
-def regmap(appliance: Appliance | None = None) -> dict:
-    """The register map document of the appliance (as the host loads it)."""
-    if appliance is None:
-        appliance = Appliance()
-        # Built only to read its register tables: never elaborated, and that is fine.
-        for obj in (appliance, appliance.bank, *appliance.stages.values()):
-            obj._MustUse__silence = True
-    return regmap_document(appliance.bank, {"clock_hz": CLOCK_HZ,
-                                            "order_queue_depth": appliance.order_queue_depth,
-                                            "rx_buffer_words": appliance.rx_buffer_words})
+def _silence(obj, seen=None) -> None:
+    """Mark a top level built only to read its register tables (never elaborated) and every
+    component inside it, so Amaranth does not warn that they went unused."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or not isinstance(obj, Elaboratable):
+        return
+    seen.add(id(obj))
+    obj._MustUse__silence = True
+    for value in vars(obj).values():
+        for item in (value.values() if isinstance(value, dict) else [value]):
+            _silence(item, seen)
+
+
+def regmap(top=None) -> dict:
+    """The register map document of a top level with a register bank (default: the appliance,
+    as the host loads it)."""
+    if top is None:
+        top = Appliance()
+        _silence(top)
+    constants = {"clock_hz": CLOCK_HZ}
+    for name in ("order_queue_depth", "rx_buffer_words"):
+        if hasattr(top, name):
+            constants[name] = getattr(top, name)
+    return regmap_document(top.bank, constants)
+
+
+def top_regmap(top_class) -> dict:
+    """The register map document of a freshly built ``top_class()`` (for benches of other tops)."""
+    top = top_class()
+    _silence(top)
+    return regmap(top)
 
 
 def write_regmap(json_path: Path = REGMAP_JSON, md_path: Path = REGMAP_MD) -> None:

@@ -1,74 +1,110 @@
-"""Market-data path: feed port XGMII in, decoded ITCH records out."""
+"""Market-data path: feed lines A and B (XGMII) and the injection port in, decoded ITCH records out."""
 
 from amaranth.hdl import Module
 from amaranth.lib import wiring, stream
 from amaranth.lib.wiring import In, Out, connect
 
+from .arbiter import PacketArbiter
 from .csr import CsrBank, CsrBusSignature
 from .itch import ItchDecoder, record_layout
 from .mac import MacRx, XgmiiSignature
-from .moldudp64 import MoldUdp64
+from .moldudp64 import MoldUdp64, gap_layout
 from .net import NetRx
+from .packet import packet_layout
 
-__all__ = ["MarketDataPath", "MarketDataTop", "MARKET_DATA_STAGES"]
+__all__ = ["MarketDataPath", "MarketDataTop", "MARKET_DATA_STAGES", "ARBITER_INPUTS"]
 
-#: The stages of the path, in pipeline order (their register windows keep this order).
-MARKET_DATA_STAGES = ("mac_rx", "net_rx", "moldudp64", "itch")
+#: The stages of the path with registers. Line A's stages and the sequencer come first in
+#: pipeline order; line B's MAC and filter follow, so the windows line A had before line B
+#: existed keep their addresses.
+MARKET_DATA_STAGES = ("mac_rx", "net_rx", "moldudp64", "itch", "mac_rx_b", "net_rx_b")
+
+#: Inputs of the packet arbiter in front of the sequencer, by index.
+ARBITER_INPUTS = ("feed_a", "feed_b", "inject")
 
 
 class MarketDataPath(wiring.Component):
-    """MAC -> Ethernet/IPv4/UDP filter -> MoldUDP64 -> ITCH decoder.
+    """Two feed lines (MAC -> Ethernet/IPv4/UDP filter each) and the injection port, merged
+    datagram by datagram -> MoldUDP64 -> ITCH decoder.
 
-    The stages' register ports are left to the owner's register bank (``stages``).
+    A/B line arbitration: both lines carry the same MoldUDP64 datagrams; the sequencer delivers
+    the first copy of each sequence number and drops the other as a duplicate. The injection
+    port takes MoldUDP64 datagrams from the host (retransmissions); they fill open gaps
+    (docs/pipeline-contract.md, "A/B lines and injection"). The stages' register ports are left
+    to the owner's register bank (``stages``).
 
     Parameters
     ----------
     rx_buffer_words : int
-        Feed MAC store-and-forward buffer (64-bit words).
+        Store-and-forward buffer of each feed MAC (64-bit words).
 
     Members
     -------
     feed_rx : In(XgmiiSignature)
+        Feed line A.
+    feed_rx_b : In(XgmiiSignature)
+        Feed line B (idle characters when unused).
+    i_inject : In(stream.Signature(packet_layout()))
+        MoldUDP64 datagrams from the host, each a packet (``length``: its byte count).
     o_records : Out(stream.Signature(record_layout))
         One decoded record per delivered message.
+    o_gap : Out(stream.Signature(gap_layout, always_ready=True))
+        Gap events: the missing range, one beat per gap.
 
     Latency
     -------
-    The sum of the stages' (docs/architecture.md).
+    The sum of the stages' (docs/architecture.md); the arbiter adds none.
     """
 
     def __init__(self, *, rx_buffer_words: int = 512):
         self.rx_buffer_words = rx_buffer_words
         self.mac_rx = MacRx(buffer_words=rx_buffer_words)
         self.net_rx = NetRx()
+        self.mac_rx_b = MacRx(buffer_words=rx_buffer_words)
+        self.net_rx_b = NetRx()
+        self.arbiter = PacketArbiter(n_inputs=len(ARBITER_INPUTS))
         self.moldudp64 = MoldUdp64()
         self.itch = ItchDecoder()
         self.stages = {name: getattr(self, name) for name in MARKET_DATA_STAGES}
         super().__init__({
             "feed_rx": In(XgmiiSignature()),
+            "feed_rx_b": In(XgmiiSignature()),
+            "i_inject": In(stream.Signature(packet_layout())),
             "o_records": Out(stream.Signature(record_layout)),
+            "o_gap": Out(stream.Signature(gap_layout, always_ready=True)),
         })
 
     def elaborate(self, platform):
         m = Module()
         for name, stage in self.stages.items():
             m.submodules[name] = stage
+        m.submodules.arbiter = self.arbiter
+        inputs = dict(zip(ARBITER_INPUTS, self.arbiter.i_stream))
         connect(m, wiring.flipped(self.feed_rx), self.mac_rx.xgmii)
         connect(m, self.mac_rx.o_stream, self.net_rx.i_stream)
-        connect(m, self.net_rx.o_stream, self.moldudp64.i_stream)
+        connect(m, self.net_rx.o_stream, inputs["feed_a"])
+        connect(m, wiring.flipped(self.feed_rx_b), self.mac_rx_b.xgmii)
+        connect(m, self.mac_rx_b.o_stream, self.net_rx_b.i_stream)
+        connect(m, self.net_rx_b.o_stream, inputs["feed_b"])
+        connect(m, wiring.flipped(self.i_inject), inputs["inject"])
+        connect(m, self.arbiter.o_stream, self.moldudp64.i_stream)
         connect(m, self.moldudp64.o_stream, self.itch.i_stream)
+        connect(m, self.moldudp64.o_gap, wiring.flipped(self.o_gap))
         connect(m, self.itch.o_stream, wiring.flipped(self.o_records))
         return m
 
 
 class MarketDataTop(wiring.Component):
     """The market-data path alone with its own register bus: the top level of the native replay
-    harness and of the line-rate tests.
+    harness and of the line-rate and A/B tests.
 
     Members
     -------
     feed_rx : In(XgmiiSignature)
+    feed_rx_b : In(XgmiiSignature)
+    i_inject : In(stream.Signature(packet_layout()))
     o_records : Out(stream.Signature(record_layout))
+    o_gap : Out(stream.Signature(gap_layout, always_ready=True))
     csr : In(CsrBusSignature)
     """
 
@@ -77,10 +113,13 @@ class MarketDataTop(wiring.Component):
         self.identity = Identity()
         self.path = MarketDataPath(rx_buffer_words=rx_buffer_words)
         self.stages = {"id": self.identity, **self.path.stages}
-        self.bank = CsrBank([(name, type(stage).registers) for name, stage in self.stages.items()])
+        self.bank = CsrBank([(name, stage.registers) for name, stage in self.stages.items()])
         super().__init__({
             "feed_rx": In(XgmiiSignature()),
+            "feed_rx_b": In(XgmiiSignature()),
+            "i_inject": In(stream.Signature(packet_layout())),
             "o_records": Out(stream.Signature(record_layout)),
+            "o_gap": Out(stream.Signature(gap_layout, always_ready=True)),
             "csr": In(CsrBusSignature()),
         })
 
@@ -92,6 +131,8 @@ class MarketDataTop(wiring.Component):
         connect(m, wiring.flipped(self.csr), self.bank.bus)
         for name, stage in self.stages.items():
             connect(m, getattr(self.bank, name), stage.regs)
-        connect(m, wiring.flipped(self.feed_rx), self.path.feed_rx)
-        connect(m, self.path.o_records, wiring.flipped(self.o_records))
+        for port in ("feed_rx", "feed_rx_b", "i_inject"):
+            connect(m, wiring.flipped(getattr(self, port)), getattr(self.path, port))
+        for port in ("o_records", "o_gap"):
+            connect(m, getattr(self.path, port), wiring.flipped(getattr(self, port)))
         return m

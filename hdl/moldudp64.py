@@ -8,17 +8,31 @@ from ..protocols import moldudp64 as mold, itch
 from .packet import packet_layout, byte_lane, be_value
 from .csr import Register, registers_signature
 
-__all__ = ["MoldUdp64", "message_layout"]
+__all__ = ["MoldUdp64", "message_layout", "gap_layout", "MAX_OPEN_GAPS"]
+
+#: Gaps the sequencer keeps open for filling at a time (default of ``max_open_gaps``).
+MAX_OPEN_GAPS = 4
 
 
 def message_layout(max_message_length: int) -> data.StructLayout:
     """One whole message: its sequence number, its length and its first ``max_message_length``
-    bytes (first byte in bits [7:0]; bytes past ``length`` are undefined)."""
+    bytes (first byte in bits [7:0]; bytes past ``length`` are undefined). ``recovered`` is set
+    on a message that filled an open gap: later sequence numbers were delivered before it."""
     return data.StructLayout({
         "sequence_number": 64,
         "length": 16,
         "data": 8 * max_message_length,
+        "recovered": 1,
     })
+
+
+#: A gap event: the missing range as a MoldUDP64 retransmission request names it (the session in
+#: wire order, first byte in bits [7:0]; ``message_count`` may exceed one request's 16 bits).
+gap_layout = data.StructLayout({
+    "session": 8 * mold.HEADER["session"].width,
+    "sequence_number": 64,
+    "message_count": 64,
+})
 
 
 # Lane-chain phases.
@@ -26,7 +40,7 @@ _LEN_HI, _LEN_LO, _BODY, _SKIP = range(4)
 
 
 class MoldUdp64(wiring.Component):
-    """Splits MoldUDP64 datagrams into sequenced messages; drops duplicates, reports gaps.
+    """Splits MoldUDP64 datagrams into sequenced messages; drops duplicates, reports and fills gaps.
 
     The 20-byte header is at fixed lanes (the payload arrives aligned to lane 0); message blocks
     are framed by a chain of eight per-lane steps, so a block may start and end in any lane and
@@ -34,22 +48,35 @@ class MoldUdp64(wiring.Component):
     message is malformed (it and the rest of the datagram are dropped), which also bounds the
     messages finished per word to one.
 
+    Live data never waits for a gap: the message past the gap is delivered at once, the gap is
+    reported on ``o_gap`` and kept open (up to ``max_open_gaps``, oldest abandoned first); a
+    later message whose sequence number is the next missing one of an open gap (a slower feed
+    line's copy, or a retransmission the host injects) is delivered with ``recovered`` set.
+    docs/pipeline-contract.md, section "moldudp64", is the full rule set.
+
     Parameters
     ----------
     max_message_length : int
         Bytes of each message kept (longer ones are framed, counted by their sequence number and
         passed on with their true length and their first bytes).
+    min_message_length : int
+        Shortest legal message block (shorter ones are malformed).
+    max_open_gaps : int
+        Gaps kept open for filling at a time.
 
     Members
     -------
     i_stream : In(stream.Signature(packet_layout()))
-        UDP payloads from :class:`~tickwire.hdl.net.NetRx`.
+        MoldUDP64 datagrams (UDP payloads from :class:`~tickwire.hdl.net.NetRx`, or several
+        sources merged datagram by datagram by :class:`~tickwire.hdl.arbiter.PacketArbiter`).
     o_stream : Out(stream.Signature(message_layout(max_message_length)))
+    o_gap : Out(stream.Signature(gap_layout, always_ready=True))
+        One beat per gap detected, the cycle after the message or heartbeat that revealed it.
     regs : Out(registers_signature(MoldUdp64.registers))
 
     Latency
     -------
-    A message leaves one cycle after the word holding its last byte arrives
+    A message leaves one cycle after the word holding its last byte arrives, live or recovered
     (tests/hdl/test_moldudp64.py).
     """
 
@@ -65,19 +92,28 @@ class MoldUdp64(wiring.Component):
         Register("heartbeats", 32, "ro", "Heartbeat datagrams (message count 0)."),
         Register("end_of_session", 32, "ro", "End-of-session datagrams (message count 0xFFFF)."),
         Register("expected_sequence", 64, "ro", "Next sequence number expected."),
+        Register("recovered", 32, "ro", "Messages delivered late because they filled an open gap."),
+        Register("late_datagrams", 32, "ro", "Datagrams with whole messages, none of them delivered."),
+        Register("gaps_abandoned", 32, "ro", "Open gaps given up unfilled (table full, or new session)."),
+        Register("open_gaps", 8, "ro", "Gaps open now, waiting to be filled."),
     )
 
-    def __init__(self, *, max_message_length: int = itch.MAX_LENGTH, min_message_length: int = itch.MIN_LENGTH):
+    def __init__(self, *, max_message_length: int = itch.MAX_LENGTH, min_message_length: int = itch.MIN_LENGTH,
+                 max_open_gaps: int = MAX_OPEN_GAPS):
         if not 8 <= max_message_length <= 256:
             raise ValueError(f"max_message_length must be 8..256, not {max_message_length!r}")
         if min_message_length < 7:
             raise ValueError(f"min_message_length must be at least 7 (one message end per word), "
                              f"not {min_message_length!r}")
+        if not 1 <= max_open_gaps <= 16:
+            raise ValueError(f"max_open_gaps must be 1..16, not {max_open_gaps!r}")
         self.max_message_length = max_message_length
         self.min_message_length = min_message_length
+        self.max_open_gaps = max_open_gaps
         super().__init__({
             "i_stream": In(stream.Signature(packet_layout())),
             "o_stream": Out(stream.Signature(message_layout(max_message_length))),
+            "o_gap": Out(stream.Signature(gap_layout, always_ready=True)),
             "regs": Out(registers_signature(self.registers)),
         })
 
@@ -104,16 +140,50 @@ class MoldUdp64(wiring.Component):
         seen = Signal(16)
         buf = Signal(8 * MAX)
 
-        counters = {r.name: Signal(r.width, name=r.name) for r in self.registers}
-        for name, sig in counters.items():
-            if name != "expected_sequence":
-                m.d.comb += getattr(self.regs, name).eq(sig)
-        m.d.comb += self.regs.expected_sequence.eq(expected)
+        G = self.max_open_gaps
+        n_open = Signal(range(G + 1))                       # open gaps, oldest in slot 0
+        gap_next = [Signal(64, name=f"gap{k}_next") for k in range(G)]  # next missing number
+        gap_end = [Signal(64, name=f"gap{k}_end") for k in range(G)]    # one past the last
+        framed = Signal()           # this datagram has finished a message ...
+        delivered = Signal()        # ... and delivered one
 
-        def bump(name):
-            m.d.sync += counters[name].eq(counters[name] + 1)
+        status = {"expected_sequence": expected, "open_gaps": n_open}
+        counters = {r.name: Signal(r.width, name=r.name) for r in self.registers if r.name not in status}
+        for name, sig in {**counters, **status}.items():
+            m.d.comb += getattr(self.regs, name).eq(sig)
+
+        def bump(name, by=1):
+            m.d.sync += counters[name].eq(counters[name] + by)
+
+        def open_gap(first, end):
+            """Keep [first, end) open; with every slot taken the oldest gap is abandoned."""
+            with m.If(n_open == G):
+                bump("gaps_abandoned")
+                for k in range(G - 1):
+                    m.d.sync += [gap_next[k].eq(gap_next[k + 1]), gap_end[k].eq(gap_end[k + 1])]
+                m.d.sync += [gap_next[G - 1].eq(first), gap_end[G - 1].eq(end)]
+            with m.Else():
+                with m.Switch(n_open):
+                    for k in range(G):
+                        with m.Case(k):
+                            m.d.sync += [gap_next[k].eq(first), gap_end[k].eq(end)]
+                m.d.sync += n_open.eq(n_open + 1)
+
+        o_gap = self.o_gap
+        m.d.sync += o_gap.valid.eq(0)
+
+        def report_gap(gap_session, first, count):
+            bump("gaps")
+            m.d.sync += [counters["last_gap_first"].eq(first), counters["last_gap_count"].eq(count),
+                         o_gap.valid.eq(1), o_gap.payload.session.eq(gap_session),
+                         o_gap.payload.sequence_number.eq(first), o_gap.payload.message_count.eq(count)]
+            open_gap(first, first + count)
 
         d = i.payload.data
+        # Open gaps whose next missing sequence number is the message finishing now.
+        fills = Signal(G)
+        m.d.comb += fills.eq(Cat((k < n_open) & (gap_next[k] == cur_seq) for k in range(G)))
+        delivering = Signal()       # the message finishing now is delivered (live or recovered)
         take = Signal()
         m.d.comb += [i.ready.eq(~o.valid | o.ready), take.eq(i.valid & i.ready)]
         with m.If(o.valid & o.ready):
@@ -174,6 +244,7 @@ class MoldUdp64(wiring.Component):
             st_phase, st_idx, st_blen, st_seen, st_done, st_bad = n_phase, n_idx, n_blen, n_seen, n_done, n_bad
 
         completed = st_done
+        m.d.comb += delivering.eq(completed & ((cur_seq >= expected) | fills.any()))
         done_len = Signal(16)
         for b, we, lidx, before, complete, lblen in lanes:
             with m.If(complete):
@@ -203,34 +274,54 @@ class MoldUdp64(wiring.Component):
                              cur_seq.eq(h_seq), expected.eq(exp_after)]
                 with m.If(have_session & (h_session != session)):
                     bump("session_changes")
+                    # The old session's sequence numbers mean nothing any more.
+                    bump("gaps_abandoned", n_open)
+                    m.d.sync += n_open.eq(0)
                 with m.If(h_count == mold.HEARTBEAT_COUNT):
                     bump("heartbeats")
                     with m.If(h_seq > exp_after):
-                        bump("gaps")
-                        m.d.sync += [counters["last_gap_first"].eq(exp_after),
-                                     counters["last_gap_count"].eq(h_seq - exp_after),
-                                     expected.eq(h_seq)]
+                        report_gap(h_session, exp_after, h_seq - exp_after)
+                        m.d.sync += expected.eq(h_seq)
                 with m.If(h_count == mold.END_OF_SESSION_COUNT):
                     bump("end_of_session")
             m.d.sync += [phase.eq(st_phase), idx.eq(st_idx), blen.eq(st_blen), seen.eq(st_seen),
                          buf.eq(new_buf)]
             with m.If(completed):
-                m.d.sync += cur_seq.eq(cur_seq + 1)
-                with m.If(cur_seq < expected):
-                    bump("duplicates")
-                with m.Else():
+                m.d.sync += [cur_seq.eq(cur_seq + 1), framed.eq(1)]
+
+                def deliver(recovered):
                     bump("messages")
-                    m.d.sync += [expected.eq(cur_seq + 1), o.valid.eq(1),
+                    m.d.sync += [delivered.eq(1), o.valid.eq(1),
                                  o.payload.sequence_number.eq(cur_seq), o.payload.length.eq(done_len),
-                                 o.payload.data.eq(out_data)]
+                                 o.payload.data.eq(out_data), o.payload.recovered.eq(recovered)]
+
+                with m.If(cur_seq >= expected):
+                    deliver(0)
+                    m.d.sync += expected.eq(cur_seq + 1)
                     with m.If(cur_seq > expected):
-                        bump("gaps")
-                        m.d.sync += [counters["last_gap_first"].eq(expected),
-                                     counters["last_gap_count"].eq(cur_seq - expected)]
+                        report_gap(session, expected, cur_seq - expected)
+                with m.Elif(fills.any()):
+                    deliver(1)
+                    bump("recovered")
+                    # The filled gap moves on by one; a gap filled completely leaves the table
+                    # and the younger ones move down a slot.
+                    closes = Cat(fills[k] & (gap_next[k] + 1 == gap_end[k]) for k in range(G))
+                    for k in range(G):
+                        with m.If(closes[:k + 1].any()):
+                            if k + 1 < G:
+                                m.d.sync += [gap_next[k].eq(gap_next[k + 1]), gap_end[k].eq(gap_end[k + 1])]
+                        with m.Elif(fills[k]):
+                            m.d.sync += gap_next[k].eq(gap_next[k] + 1)
+                    with m.If(closes.any()):
+                        m.d.sync += n_open.eq(n_open - 1)
+                with m.Else():
+                    bump("duplicates")
             with m.If(st_bad):
                 bump("malformed")
             with m.If(i.payload.last):
-                m.d.sync += [word.eq(0), phase.eq(_SKIP)]
+                m.d.sync += [word.eq(0), phase.eq(_SKIP), framed.eq(0), delivered.eq(0)]
+                with m.If((framed | completed) & ~(delivered | delivering)):
+                    bump("late_datagrams")
                 short = (word < 2) | (header_now & (i.payload.nbytes < 4))
                 with m.If(short):
                     bump("malformed")

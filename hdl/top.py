@@ -1,13 +1,16 @@
-"""The whole appliance: feed port XGMII in, order port XGMII out, one register bus."""
+"""The whole appliance: feed ports A and B (XGMII) in, order port XGMII out, one register bus."""
 
 from amaranth.hdl import Module, Signal
-from amaranth.lib import wiring, fifo
+from amaranth.lib import wiring, fifo, stream
 from amaranth.lib.wiring import In, Out, connect
 
 from .csr import CsrBank, CsrBusSignature, Register, registers_signature
 from .mac import MacTx, XgmiiSignature
 from .net import NetTx
 from .market_data import MarketDataPath
+from .symbols import SymbolDirectory
+from .moldudp64 import gap_layout
+from .packet import packet_layout
 from .trigger import Trigger, intent_layout
 from .risk import Risk
 from .ouch import OuchEncoder, ENTER_ORDER_PACKET_LENGTH
@@ -17,8 +20,10 @@ __all__ = ["Appliance", "Identity", "STAGE_ORDER", "CLOCK_HZ"]
 #: Core clock of the 64-bit datapath at 10 Gb/s (XGMII 64-bit at 156.25 MHz).
 CLOCK_HZ = 156_250_000
 
-#: Register windows in address order (stage name -> window index).
-STAGE_ORDER = ("id", "mac_rx", "net_rx", "moldudp64", "itch", "trigger", "risk", "ouch", "net_tx", "mac_tx")
+#: Register windows in address order (stage name -> window index). Feed line B's MAC and filter
+#: come last, so every window that existed before line B keeps its address.
+STAGE_ORDER = ("id", "mac_rx", "net_rx", "moldudp64", "itch", "trigger", "risk", "ouch", "net_tx", "mac_tx",
+               "mac_rx_b", "net_rx_b", "symbols")
 
 
 class Identity(wiring.Component):
@@ -53,7 +58,12 @@ class Identity(wiring.Component):
 
 
 class Appliance(wiring.Component):
-    """Feed port -> MAC -> UDP filter -> MoldUDP64 -> ITCH -> trigger -> risk -> OUCH -> UDP -> MAC.
+    """Feed ports A and B -> MAC -> UDP filter (each) -> MoldUDP64 -> ITCH -> trigger -> risk ->
+    OUCH -> UDP -> MAC.
+
+    The host's injection port (retransmitted MoldUDP64 datagrams) joins the two feed lines in
+    front of the MoldUDP64 sequencer; gap events leave on ``o_gap``
+    (docs/pipeline-contract.md, "A/B lines and injection").
 
     Parameters
     ----------
@@ -65,6 +75,13 @@ class Appliance(wiring.Component):
     Members
     -------
     feed_rx : In(XgmiiSignature)
+        Feed line A.
+    feed_rx_b : In(XgmiiSignature)
+        Feed line B (idle characters when unused).
+    i_inject : In(stream.Signature(packet_layout()))
+        MoldUDP64 datagrams from the host.
+    o_gap : Out(stream.Signature(gap_layout, always_ready=True))
+        Gap events for the host.
     order_tx : Out(XgmiiSignature)
     csr : In(CsrBusSignature)
 
@@ -81,17 +98,22 @@ class Appliance(wiring.Component):
         self.rx_buffer_words = rx_buffer_words
         self.identity = Identity()
         self.market_data = MarketDataPath(rx_buffer_words=rx_buffer_words)
+        self.symbols = SymbolDirectory()
         self.trigger = Trigger()
         self.risk = Risk()
         self.ouch = OuchEncoder()
         self.net_tx = NetTx(max_payload=ENTER_ORDER_PACKET_LENGTH)
         self.mac_tx = MacTx()
-        stages = {"id": self.identity, **self.market_data.stages, "trigger": self.trigger,
+        stages = {"id": self.identity, **self.market_data.stages, "symbols": self.symbols,
+                  "trigger": self.trigger,
                   "risk": self.risk, "ouch": self.ouch, "net_tx": self.net_tx, "mac_tx": self.mac_tx}
         self.stages = {name: stages[name] for name in STAGE_ORDER}
-        self.bank = CsrBank([(name, type(stage).registers) for name, stage in self.stages.items()])
+        self.bank = CsrBank([(name, stage.registers) for name, stage in self.stages.items()])
         super().__init__({
             "feed_rx": In(XgmiiSignature()),
+            "feed_rx_b": In(XgmiiSignature()),
+            "i_inject": In(stream.Signature(packet_layout())),
+            "o_gap": Out(stream.Signature(gap_layout, always_ready=True)),
             "order_tx": Out(XgmiiSignature()),
             "csr": In(CsrBusSignature()),
         })
@@ -107,8 +129,11 @@ class Appliance(wiring.Component):
         for name, stage in self.stages.items():
             connect(m, getattr(self.bank, name), stage.regs)
 
-        connect(m, wiring.flipped(self.feed_rx), self.market_data.feed_rx)
-        connect(m, self.market_data.o_records, self.trigger.i_stream)
+        for port in ("feed_rx", "feed_rx_b", "i_inject"):
+            connect(m, wiring.flipped(getattr(self, port)), getattr(self.market_data, port))
+        connect(m, self.market_data.o_gap, wiring.flipped(self.o_gap))
+        connect(m, self.market_data.o_records, self.symbols.i_stream)
+        connect(m, self.symbols.o_stream, self.trigger.i_stream)
         connect(m, self.trigger.o_stream, self.risk.i_stream)
 
         # Accepted orders queue for the order port so a burst never stalls the market-data path.

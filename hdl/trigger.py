@@ -26,6 +26,7 @@ intent_layout = data.StructLayout({
 class Trigger(wiring.Component):
     """Fires on an Add Order (A or F) for the configured stock locate that crosses the limit.
 
+    Messages that arrive late to fill a gap (``recovered``) never fire.
     Side 'B': a sell added at or below ``price_limit`` is bought; side 'S': a buy added at or
     above ``price_limit`` is sold. The intent takes the added order's price and the smaller of
     ``quantity`` and the added shares.
@@ -71,7 +72,8 @@ class Trigger(wiring.Component):
         is_add = (rec.message_type == ord("A")) | (rec.message_type == ord("F"))
         buy_hit = (r.side == ord("B")) & (rec.buy_sell_indicator == ord("S")) & (rec.price <= r.price_limit)
         sell_hit = (r.side == ord("S")) & (rec.buy_sell_indicator == ord("B")) & (rec.price >= r.price_limit)
-        hit = r.enable & is_add & (rec.stock_locate == r.stock_locate) & (buy_hit | sell_hit)
+        # A message that filled a gap late is history, not a market to trade on.
+        hit = r.enable & ~rec.recovered & is_add & (rec.stock_locate == r.stock_locate) & (buy_hit | sell_hit)
         with m.If(i.valid & i.ready & hit):
             m.d.sync += [
                 o.valid.eq(1),

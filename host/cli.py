@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -121,6 +122,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_map_argument(run)
     _add_clock_argument(run)
     run.set_defaults(handler=_cmd_sim_run)
+
+    decode = sim_commands.add_parser(
+        "decode", parents=[verbose], help="decode an ITCH capture with the gateware",
+        description="Run FILE (raw ITCH or a pcap of MoldUDP64, told apart by its header) through "
+                    "the market-data gateware in the native replay harness and write one JSON "
+                    "object per decoded message.")
+    decode.add_argument("file", metavar="FILE", type=Path, help="raw ITCH file or pcap")
+    decode.add_argument("-o", "--output", metavar="OUT", type=Path, default=None,
+                        help="JSON lines file to write (default: standard output)")
+    decode.add_argument("--gap", metavar="N", type=_positive_int, default=12,
+                        help="XGMII characters from each frame's /T/ to the next start "
+                             "(default: %(default)s, the minimum inter-frame gap)")
+    decode.set_defaults(handler=_cmd_sim_decode)
+
+    itch = commands.add_parser(
+        "itch", parents=[verbose], help="make and convert ITCH capture files",
+        description="Generate synthetic ITCH 5.0 feeds and convert between raw ITCH and pcap.")
+    itch_commands = itch.add_subparsers(dest="itch_command", metavar="COMMAND", required=True)
+    gen = itch_commands.add_parser(
+        "gen", parents=[verbose], help="write a synthetic raw ITCH file",
+        description="Write a synthetic trading day as a raw ITCH file (each message after its "
+                    "2-byte big-endian length): system events, stock directory, orders that are "
+                    "added, executed, cancelled, replaced and deleted consistently, trades.")
+    gen.add_argument("--messages", metavar="N", type=_positive_int, required=True,
+                     help="number of messages")
+    gen.add_argument("--symbols", metavar="K", type=_positive_int, default=3,
+                     help="number of symbols (default: %(default)s)")
+    gen.add_argument("--seed", metavar="S", type=_int, default=1,
+                     help="random seed: equal seeds give equal files (default: %(default)s)")
+    gen.add_argument("-o", "--output", metavar="FILE", type=Path, required=True,
+                     help="raw ITCH file to write")
+    gen.set_defaults(handler=_cmd_itch_gen)
+    convert = itch_commands.add_parser(
+        "convert", parents=[verbose], help="raw ITCH to MoldUDP64 pcap, or back",
+        description="Convert raw ITCH into a pcap of MoldUDP64 datagrams over UDP, or the "
+                    "messages of such a pcap into raw ITCH; the direction follows IN's header.")
+    convert.add_argument("input", metavar="IN", type=Path, help="raw ITCH file or pcap")
+    convert.add_argument("output", metavar="OUT", type=Path, help="file to write")
+    convert.set_defaults(handler=_cmd_itch_convert)
     return parser
 
 
@@ -175,6 +215,54 @@ def _cmd_sim_run(args: argparse.Namespace) -> int:
     run_pcap = _lazy("tickwire.sim.demo", "run_pcap")
     return run_pcap(pcap=args.feed, out_dir=args.out, registers=registers,
                     clock_mhz=args.clock_mhz)
+
+
+def _input_file(path: Path) -> Path:
+    if not path.is_file():
+        raise TickwireError(f"{path} not found")
+    return path
+
+
+def _cmd_sim_decode(args: argparse.Namespace) -> int:
+    decode_to_jsonl = _lazy("tickwire.sim.replay", "decode_to_jsonl")
+    track = _lazy("tickwire.sim.progress", "track")
+    replacing = _lazy("tickwire.sim.itchfile", "replacing")
+    _input_file(args.file)
+    harness = _lazy("tickwire.sim.replay", "build_harness")(
+        announce=lambda text: print(f"{PROG}: {text}", file=sys.stderr))
+    if args.output is None:
+        try:
+            run = decode_to_jsonl(args.file, sys.stdout, gap=args.gap, harness=harness)
+        except BrokenPipeError:  # the reader went away (| head): stop quietly, as cat does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+    else:
+        with replacing(args.output) as tmp, open(tmp, "w") as out:
+            run = decode_to_jsonl(args.file, out, track=track, gap=args.gap, harness=harness)
+    summary = (f"{args.file}: {run.records} messages decoded in {run.seconds:.1f} s "
+               f"({run.records / max(run.seconds, 1e-9) * 60:,.0f} messages/min), "
+               f"{run.frames} frames, {run.cycles} cycles")
+    if args.output is not None:  # standard output carries the records
+        print(summary, file=sys.stderr)
+    else:
+        logger.info("%s", summary)
+    return 0
+
+
+def _cmd_itch_gen(args: argparse.Namespace) -> int:
+    generate_raw_itch = _lazy("tickwire.sim.itchfile", "generate_raw_itch")
+    count = generate_raw_itch(args.output, args.messages, args.symbols, args.seed,
+                              track=_lazy("tickwire.sim.progress", "track"))
+    logger.info("wrote %d messages to %s", count, args.output)
+    return 0
+
+
+def _cmd_itch_convert(args: argparse.Namespace) -> int:
+    convert = _lazy("tickwire.sim.itchfile", "convert")
+    source, target, count = convert(_input_file(args.input), args.output,
+                                    track=_lazy("tickwire.sim.progress", "track"))
+    logger.info("%s (%s) -> %s (%s): %d messages", args.input, source, args.output, target, count)
+    return 0
 
 
 class _Unavailable(Exception):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from .layout import F, Message
 
 #: Every message starts with this header; the stock locate is at the same place in all of them.
@@ -97,28 +99,182 @@ LENGTHS: dict[str, int] = {t: m.length for t, m in MESSAGES.items()}
 MIN_LENGTH = min(LENGTHS.values())
 MAX_LENGTH = max(LENGTHS.values())
 
-#: Types whose fields the skeleton gateware decodes (order-level book events).
+#: Order-level types: the ones that add, execute, cancel, replace or delete a book order.
 ORDER_TYPES = ("A", "F", "E", "C", "X", "D", "U")
 
-#: Field names of the decoded-message record, with the ITCH field each one is read from per type.
-#: One record serves all order-level types: ``shares`` is the order's shares (A, F, U), the
-#: executed shares (E, C) or the cancelled shares (X); ``price`` is the limit price (A, F, U) or
-#: the execution price (C).
+#: The four header fields every message starts with, read into the record the same way for all.
+HEADER_FIELDS = ("message_type", "stock_locate", "tracking_number", "timestamp")
+
+#: The decoded-message record: field name -> width in bits. One record carries any of the 23
+#: types. The header fields and the named fields (order_reference_number ... cross_type) keep one
+#: meaning across the types that have them; the generic ones are filled per type in message
+#: order: ``price``..``price_5`` the 4-byte prices, ``value_1``..``value_3`` the other integers
+#: (I: the imbalance shares; V: the three 8-byte price levels), ``code_1``..``code_10`` the
+#: one-character codes, ``text`` the one 2- or 4-character alpha field of H and R.
+#: ``sequence_number`` is the MoldUDP64 sequence number of the message and ``recovered`` says it
+#: filled a gap late (:data:`SIDEBAND_FIELDS`: no ITCH source).
+#: Integers are unsigned; alpha fields keep the wire order, first character in bits [7:0]. A field
+#: narrower than its record field sits in the low bits (integers zero-extended, alpha high bytes
+#: 0); a record field the type does not use is 0.
+RECORD_FIELDS: dict[str, int] = {
+    "message_type": 8,
+    "stock_locate": 16,
+    "tracking_number": 16,
+    "timestamp": 48,
+    "order_reference_number": 64,
+    "new_order_reference_number": 64,
+    "buy_sell_indicator": 8,
+    "shares": 64,
+    "price": 32,
+    "price_2": 32,
+    "price_3": 32,
+    "price_4": 32,
+    "price_5": 32,
+    "stock": 64,
+    "match_number": 64,
+    "attribution": 32,
+    "printable": 8,
+    "cross_type": 8,
+    "value_1": 64,
+    "value_2": 64,
+    "value_3": 64,
+    "text": 32,
+    **{f"code_{n}": 8 for n in range(1, 11)},
+    "sequence_number": 64,
+    "recovered": 1,
+}
+
+#: Record fields that come from the MoldUDP64 stage, not from the ITCH message.
+SIDEBAND_FIELDS = ("sequence_number", "recovered")
+
+
+def _each(types: str, name: str) -> dict[str, str]:
+    return {t: name for t in types}
+
+
+#: Which ITCH field feeds which record field, per type: record field -> {type: ITCH field name}.
+#: Every field of every type appears exactly once (tests/protocols/test_itch_record.py), so a
+#: record gives back the whole message (:func:`record_to_fields`). ``hdl/itch.py`` and the
+#: reference model (``sim/model.py``) both read this table.
 RECORD_SOURCES: dict[str, dict[str, str]] = {
-    "order_reference_number": {"A": "order_reference_number", "F": "order_reference_number",
-                               "E": "order_reference_number", "C": "order_reference_number",
-                               "X": "order_reference_number", "D": "order_reference_number",
+    **{name: _each("".join(MESSAGES), name) for name in HEADER_FIELDS},
+    "order_reference_number": {**_each("AFECXDP", "order_reference_number"),
                                "U": "original_order_reference_number"},
     "new_order_reference_number": {"U": "new_order_reference_number"},
-    "buy_sell_indicator": {"A": "buy_sell_indicator", "F": "buy_sell_indicator"},
-    "shares": {"A": "shares", "F": "shares", "E": "executed_shares", "C": "executed_shares",
-               "X": "cancelled_shares", "U": "shares"},
-    "price": {"A": "price", "F": "price", "C": "execution_price", "U": "price"},
-    "stock": {"A": "stock", "F": "stock"},
-    "match_number": {"E": "match_number", "C": "match_number"},
-    "attribution": {"F": "attribution"},
+    "buy_sell_indicator": _each("AFP", "buy_sell_indicator"),
+    "shares": {**_each("AFUPQ", "shares"), "E": "executed_shares", "C": "executed_shares",
+               "X": "cancelled_shares", "I": "paired_shares"},
+    "price": {**_each("AFUP", "price"), "C": "execution_price", "Q": "cross_price",
+              "K": "ipo_price", "J": "auction_collar_reference_price", "I": "far_price",
+              "O": "minimum_allowable_price"},
+    "price_2": {"J": "upper_auction_collar_price", "I": "near_price", "O": "maximum_allowable_price"},
+    "price_3": {"J": "lower_auction_collar_price", "I": "current_reference_price",
+                "O": "near_execution_price"},
+    "price_4": {"O": "lower_price_range_collar"},
+    "price_5": {"O": "upper_price_range_collar"},
+    "stock": _each("RHYLKJhAFPQINO", "stock"),
+    "match_number": _each("ECPQB", "match_number"),
+    "attribution": {"F": "attribution", "L": "mpid"},
     "printable": {"C": "printable"},
+    "cross_type": _each("QI", "cross_type"),
+    "value_1": {"R": "round_lot_size", "V": "level_1", "K": "ipo_quotation_release_time",
+                "J": "auction_collar_extension", "I": "imbalance_shares", "O": "near_execution_time"},
+    "value_2": {"R": "etp_leverage_factor", "V": "level_2"},
+    "value_3": {"V": "level_3"},
+    "text": {"H": "reason", "R": "issue_sub_type"},
+    "code_1": {"S": "event_code", "R": "market_category", "H": "trading_state",
+               "Y": "reg_sho_action", "L": "primary_market_maker", "W": "breached_level",
+               "K": "ipo_quotation_release_qualifier", "h": "market_code",
+               "I": "imbalance_direction", "N": "interest_flag", "O": "open_eligibility_status"},
+    "code_2": {"R": "financial_status_indicator", "H": "reserved", "L": "market_maker_mode",
+               "h": "operational_halt_action", "I": "price_variation_indicator"},
+    "code_3": {"R": "round_lots_only", "L": "market_participant_state"},
+    "code_4": {"R": "issue_classification"},
+    "code_5": {"R": "authenticity"},
+    "code_6": {"R": "short_sale_threshold_indicator"},
+    "code_7": {"R": "ipo_flag"},
+    "code_8": {"R": "luld_reference_price_tier"},
+    "code_9": {"R": "etp_flag"},
+    "code_10": {"R": "inverse_indicator"},
 }
+
+#: The inverse of :data:`RECORD_SOURCES`: type -> {ITCH field name: record field}, in message order.
+RECORD_TARGETS: dict[str, dict[str, str]] = {
+    t: {f.name: r for f in m.fields for r, sources in RECORD_SOURCES.items() if sources.get(t) == f.name}
+    for t, m in MESSAGES.items()
+}
+
+#: Record fields that hold alpha (ASCII) fields; every other record field holds integers.
+ALPHA_RECORD_FIELDS: frozenset[str] = frozenset(
+    r for r, sources in RECORD_SOURCES.items()
+    if any(MESSAGES[t][f].type == "alpha" for t, f in sources.items()))
+
+
+def _record_bytes(value: int | str, name: str) -> bytes:
+    """An alpha record field's bytes in wire order (from the gateware's integer or a str)."""
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    return int(value).to_bytes(RECORD_FIELDS[name] // 8, "little")
+
+
+def record_to_fields(record: Mapping[str, int | str]) -> dict[str, Any]:
+    """The ITCH fields of one decoded record, under the spec's names, in message order.
+
+    Parameters
+    ----------
+    record
+        Record field -> value: either the integers of the gateware's record (alpha fields first
+        character in bits [7:0]) or the reference model's record (alpha fields as ``str``).
+        :data:`SIDEBAND_FIELDS` and record fields the type does not use are ignored.
+
+    Returns
+    -------
+    ``{"type": letter, "stock_locate": ..., ...}``: integers as on the wire (prices in 1/10000
+    or 1/10^8, timestamps in ns since midnight), alpha fields with their space padding stripped.
+    Raises ``ValueError`` for an unknown type or a value that does not fit its ITCH field.
+    """
+    type_ = _record_bytes(record["message_type"], "message_type").decode("latin-1")
+    if type_ not in MESSAGES:
+        raise ValueError(f"record of unknown ITCH 5.0 message type {type_!r}")
+    out: dict[str, Any] = {"type": type_}
+    for f in MESSAGES[type_].fields[1:]:
+        slot = RECORD_TARGETS[type_][f.name]
+        value = record[slot]
+        if f.type == "alpha":
+            raw = _record_bytes(value, slot)
+            if any(raw[f.width:]):
+                raise ValueError(f"{type_} {f.name}: record field {slot} {raw!r} is wider than "
+                                 f"{f.width} characters")
+            out[f.name] = raw[:f.width].decode("ascii", errors="replace").rstrip(" ")
+        else:
+            if not 0 <= int(value) < 1 << 8 * f.width:
+                raise ValueError(f"{type_} {f.name}: record field {slot} = {value} does not fit "
+                                 f"{f.width} bytes")
+            out[f.name] = int(value)
+    return out
+
+
+def record_markdown() -> str:
+    """The record table of docs/pipeline-contract.md (section "itch"), made from
+    :data:`RECORD_FIELDS` and :data:`RECORD_SOURCES`; a test checks the page holds it."""
+    rows = ["| record field | bits | ITCH field it holds, by type |", "|---|---|---|"]
+    for name, width in RECORD_FIELDS.items():
+        sources = RECORD_SOURCES.get(name, {})
+        if name == "sequence_number":
+            text = "the message's MoldUDP64 sequence number"
+        elif name == "recovered":
+            text = "1: the message filled an open gap late (a retransmission or the other line's copy)"
+        elif len(sources) == len(MESSAGES) and all(f == name for f in sources.values()):
+            text = f"all {len(MESSAGES)} types: {name}"
+        else:
+            by_field: dict[str, list[str]] = {}
+            for t in MESSAGES:
+                if t in sources:
+                    by_field.setdefault(sources[t], []).append(t)
+            text = "; ".join(f"{' '.join(types)}: {f}" for f, types in by_field.items())
+        rows.append(f"| `{name}` | {width} | {text} |")
+    rows.append(f"| | {sum(RECORD_FIELDS.values())} | total |")
+    return "\n".join(rows) + "\n"
 
 
 def pack(type_: str, **values) -> bytes:

@@ -17,12 +17,17 @@ CARD_MAC = mac_to_int("02:54:57:00:00:01")
 #: The multicast group and UDP port of the demo ITCH feed.
 FEED_GROUP = ip_to_int("233.54.12.111")
 FEED_PORT = 26400
+#: Feed line B carries the same datagrams to its own group (the port is the same).
+FEED_GROUP_B = ip_to_int("233.54.12.112")
 
 #: Every ``rw`` register of the contract, by ``stage.register`` name.
 DEFAULT_REGISTERS: dict[str, int] = {
     "net_rx.mac_address": CARD_MAC,
     "net_rx.multicast_group": FEED_GROUP,
     "net_rx.udp_port": FEED_PORT,
+    "net_rx_b.mac_address": CARD_MAC,
+    "net_rx_b.multicast_group": FEED_GROUP_B,
+    "net_rx_b.udp_port": FEED_PORT,
     "trigger.enable": 1,
     "trigger.stock_locate": 1,                # AAPL in the default feed
     "trigger.side": ord("B"),                 # buy when a sell is offered at or below the limit
@@ -44,6 +49,10 @@ DEFAULT_REGISTERS: dict[str, int] = {
     "net_tx.dst_ip": ip_to_int("10.0.1.1"),
     "net_tx.src_port": 40000,
     "net_tx.dst_port": 15000,
+    "symbols.filter_enable": 0,               # pass every symbol until the host tracks some
+    "symbols.track_locate": 0,
+    **{f"symbols.track_name_{k}": 0 for k in range(8)},
+    "symbols.lookup_locate": 0,
 }
 
 #: Parameters of :func:`tickwire.sim.feed.build_feed`.

@@ -48,8 +48,8 @@ def format_summary(summary: Mapping) -> str:
         "tickwire appliance, simulated on Verilator (every figure below was measured in the simulation)",
         f"  clock                      {1000 / ns:.2f} MHz ({ns} ns per cycle)",
         f"  feed frames in             {summary['frames_in']} (accepted by the UDP filter: {c['net_rx.frames_accepted']})",
-        f"  ITCH messages in           {c['moldudp64.messages']} (decoded order messages: {c['itch.decoded']}, "
-        f"skipped other types: {c['itch.skipped']})",
+        f"  ITCH messages in           {c['moldudp64.messages']} (decoded: {c['itch.decoded']}, "
+        f"unknown type / bad length: {c['itch.unknown_type']} / {c['itch.bad_length']})",
         f"  trigger fired              {c['trigger.fired']}",
         f"  orders rejected by risk    {rejects} (kill {c['risk.rejected_kill']}, quantity {c['risk.rejected_quantity']}, "
         f"notional {c['risk.rejected_notional']}, zero quantity {c['risk.rejected_zero_quantity']})",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from tickwire.protocols import itch, moldudp64
 from tickwire.protocols.net import (
@@ -16,7 +16,8 @@ from tickwire.protocols.net import (
 
 __all__ = [
     "DEFAULT_SYMBOLS", "REFERENCE_PRICES", "MARKET_OPEN_NS", "DEFAULT_SESSION", "DEFAULT_MAX_PAYLOAD",
-    "generate_messages", "datagrams", "udp_frame", "frames", "feed_frames", "build_feed",
+    "generate_messages", "iter_messages", "symbol_table", "OPENING_EVENTS", "CLOSING_EVENTS",
+    "datagrams", "iter_datagrams", "iter_feed_frames", "udp_frame", "frames", "feed_frames", "build_feed",
     # address and checksum helpers, defined in tickwire.protocols.net
     "mac_to_int", "int_to_mac", "ip_to_int", "int_to_ip", "ipv4_checksum", "multicast_mac",
 ]
@@ -47,17 +48,96 @@ class _Order:
     price: int
 
 
+class _LiveOrders:
+    """The live orders by reference number, indexable in ascending reference order.
+
+    Reference numbers are handed out in increasing order, so the ``i``-th order ever added has
+    slot ``i`` and the live references in slot order are sorted. A Fenwick tree over the slots
+    (1 = live) finds the ``k``-th live one in O(log n): ``rng.choice(live.refs)`` picks what
+    ``rng.choice(sorted(live))`` would, without sorting."""
+
+    def __init__(self) -> None:
+        self.orders: dict[int, _Order] = {}
+        self._slot: dict[int, int] = {}
+        self._refs: list[int] = []   # by slot
+        self._tree = [0]             # Fenwick tree, 1-based; len - 1 is a power of two
+        self.refs = _SortedRefs(self)
+
+    def __len__(self) -> int:
+        return len(self.orders)
+
+    def __getitem__(self, ref: int) -> _Order:
+        return self.orders[ref]
+
+    def _add(self, slot: int, delta: int) -> None:
+        tree, i = self._tree, slot + 1
+        while i < len(tree):
+            tree[i] += delta
+            i += i & -i
+
+    def __setitem__(self, ref: int, order: _Order) -> None:
+        if self._refs and ref <= self._refs[-1]:
+            raise ValueError(f"order reference numbers must increase: {ref} after {self._refs[-1]}")
+        slot = len(self._refs)
+        if slot + 1 >= len(self._tree):  # grow: rebuild the tree at twice the size
+            size = max(1024, 2 * (len(self._tree) - 1))
+            tree = [0] * (size + 1)
+            for s, r in enumerate(self._refs):
+                if r in self._slot:
+                    tree[s + 1] += 1
+            for i in range(1, size + 1):
+                j = i + (i & -i)
+                if j <= size:
+                    tree[j] += tree[i]
+            self._tree = tree
+        self.orders[ref] = order
+        self._slot[ref] = slot
+        self._refs.append(ref)
+        self._add(slot, 1)
+
+    def __delitem__(self, ref: int) -> None:
+        del self.orders[ref]
+        self._add(self._slot.pop(ref), -1)
+
+    def at(self, index: int) -> int:
+        """The ``index``-th smallest live reference number (from 0)."""
+        if not 0 <= index < len(self.orders):
+            raise IndexError(index)
+        tree, pos, step = self._tree, 0, (len(self._tree) - 1)
+        while step:
+            nxt = pos + step
+            if nxt < len(tree) and tree[nxt] <= index:
+                pos = nxt
+                index -= tree[nxt]
+            step >>= 1
+        return self._refs[pos]
+
+
+class _SortedRefs:
+    """The live reference numbers in ascending order, as a sequence (for ``Random.choice``)."""
+
+    def __init__(self, live: _LiveOrders) -> None:
+        self.live = live
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def __getitem__(self, index: int) -> int:
+        return self.live.at(index)
+
+
 class _Generator:
     """State of one feed: clock, reference and match numbers, mid prices and the live orders."""
 
     def __init__(self, rng: random.Random, symbols: Mapping[str, int]) -> None:
         self.rng = rng
         self.symbols = dict(symbols)
+        self.sorted_symbols = sorted(self.symbols)
         self.timestamp = MARKET_OPEN_NS
         self.next_order_reference_number = rng.randrange(1_000, 100_000)
         self.next_match_number = rng.randrange(1_000, 100_000)
         self.mid = {s: REFERENCE_PRICES.get(s, rng.randrange(20, 500) * 10_000) for s in symbols}
-        self.live: dict[int, _Order] = {}
+        self.live = _LiveOrders()
 
     # -- helpers -----------------------------------------------------------------------------
     def header(self, locate: int) -> dict[str, Any]:
@@ -67,7 +147,7 @@ class _Generator:
                 "timestamp": self.timestamp}
 
     def symbol(self) -> tuple[str, int]:
-        stock = self.rng.choice(sorted(self.symbols))
+        stock = self.rng.choice(self.sorted_symbols)
         step = self.rng.choice((-1, 0, 0, 1))
         self.mid[stock] = max(TICK, self.mid[stock] + step * TICK)
         return stock, self.symbols[stock]
@@ -94,7 +174,7 @@ class _Generator:
         return n
 
     def pick_live(self) -> tuple[int, _Order]:
-        ref = self.rng.choice(sorted(self.live))
+        ref = self.rng.choice(self.live.refs)
         return ref, self.live[ref]
 
     # -- messages ----------------------------------------------------------------------------
@@ -218,42 +298,91 @@ def _symbol_map(symbols: Mapping[str, int] | Sequence[str]) -> dict[str, int]:
     return result
 
 
+#: System events (spec 1.1) that open and close a trading day when ``session_events`` is set:
+#: start of messages, of system hours and of market hours before the walk; end of market hours,
+#: of system hours and of messages after it.
+OPENING_EVENTS = ("O", "S", "Q")
+CLOSING_EVENTS = ("M", "E", "C")
+
+
+def iter_messages(count: int, seed: int = 1,
+                  symbols: Mapping[str, int] | Sequence[str] = DEFAULT_SYMBOLS, *,
+                  session_events: bool = False) -> Iterator[bytes]:
+    """The messages of :func:`generate_messages`, one at a time (for long feeds)."""
+    table = _symbol_map(symbols)
+    opening = OPENING_EVENTS if session_events else OPENING_EVENTS[:1]
+    closing = CLOSING_EVENTS if session_events else ()
+    fixed = len(opening) + len(table) + len(closing)
+    if count < fixed:
+        raise ValueError(f"count must be at least {fixed} (system events and directory), not {count}")
+    gen = _Generator(random.Random(seed), table)
+    yield gen.system_event(opening[0])
+    for stock, locate in table.items():
+        yield gen.stock_directory(stock, locate)
+    for event_code in opening[1:]:
+        yield gen.system_event(event_code)
+    for _ in range(count - fixed):
+        yield gen.next()
+    for event_code in closing:
+        yield gen.system_event(event_code)
+    logger.debug("generated %d ITCH messages (seed %d, %d orders live at the end)",
+                 count, seed, len(gen.live))
+
+
 def generate_messages(count: int, seed: int = 1,
-                      symbols: Mapping[str, int] | Sequence[str] = DEFAULT_SYMBOLS) -> list[bytes]:
+                      symbols: Mapping[str, int] | Sequence[str] = DEFAULT_SYMBOLS, *,
+                      session_events: bool = False) -> list[bytes]:
     """``count`` ITCH 5.0 messages: System Event 'O', one Stock Directory per symbol, then a
     random walk of order-book events over the live orders, mixed with other message types.
 
     Parameters
     ----------
     count
-        Total number of messages, at least 1 + the number of symbols.
+        Total number of messages, at least 1 + the number of symbols (+ 5 with session events).
     seed
         Seed of the ``random.Random`` that drives the walk; equal seeds give equal feeds.
     symbols
         ``{stock: stock_locate}``, or a list of stocks (locates 1, 2, ...).
+    session_events
+        Also open the day with System Events 'S' and 'Q' after the directory and close it with
+        'M', 'E', 'C' (:data:`OPENING_EVENTS`, :data:`CLOSING_EVENTS`), as a day's file does.
     """
-    table = _symbol_map(symbols)
-    if count < 1 + len(table):
-        raise ValueError(f"count must be at least {1 + len(table)} (system event and directory), "
-                         f"not {count}")
-    gen = _Generator(random.Random(seed), table)
-    messages = [gen.system_event("O")]
-    messages += [gen.stock_directory(stock, locate) for stock, locate in table.items()]
-    while len(messages) < count:
-        messages.append(gen.next())
-    logger.debug("generated %d ITCH messages (seed %d, %d orders live at the end)",
-                 count, seed, len(gen.live))
-    return messages
+    return list(iter_messages(count, seed, symbols, session_events=session_events))
 
 
-def datagrams(messages: Iterable[bytes], session: str | bytes = DEFAULT_SESSION,
-              first_sequence: int = 1, max_payload: int = DEFAULT_MAX_PAYLOAD,
-              max_messages: int | None = None) -> list[bytes]:
-    """Pack ``messages`` in order into MoldUDP64 downstream packets with consecutive sequence
-    numbers; each packet is at most ``max_payload`` bytes and holds at most ``max_messages``."""
+#: Well-known symbols :func:`symbol_table` hands out first.
+_WELL_KNOWN_SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "AVGO", "COST",
+                       "NFLX", "AMD", "PEP", "ADBE", "CSCO", "INTC", "QCOM", "TXN", "AMGN", "INTU",
+                       "SBUX", "GILD", "MDLZ", "ADP", "BKNG", "ISRG", "VRTX", "REGN", "PYPL",
+                       "MU", "LRCX", "ZVZZT", "QQQ", "SPY", "IWM", "TQQQ", "SQQQ")
+
+
+def symbol_table(count: int) -> dict[str, int]:
+    """``count`` distinct symbols with stock locates 1..count: well-known tickers first, then
+    made-up four-letter ones (deterministic)."""
+    if not 0 < count <= 0xFFFF:
+        raise ValueError(f"symbol count must be in 1..65535, not {count!r}")
+    names = list(_WELL_KNOWN_SYMBOLS[:count])
+    taken = set(names)
+    i = 0
+    while len(names) < count:
+        # 7919 is prime, so i -> i * 7919 mod 26**4 visits every four-letter name once.
+        n = i * 7919 % 26 ** 4
+        i += 1
+        name = "".join(chr(ord("A") + (n // 26 ** k) % 26) for k in (3, 2, 1, 0))
+        if name not in taken:
+            taken.add(name)
+            names.append(name)
+    return {name: locate for locate, name in enumerate(names, 1)}
+
+
+def iter_datagrams(messages: Iterable[bytes], session: str | bytes = DEFAULT_SESSION,
+                   first_sequence: int = 1, max_payload: int = DEFAULT_MAX_PAYLOAD,
+                   max_messages: int | None = None) -> Iterator[tuple[int, list[bytes], bytes]]:
+    """The packets of :func:`datagrams` one at a time, each as ``(first sequence number,
+    messages, packet)``."""
     if max_messages is not None and not 0 < max_messages < moldudp64.END_OF_SESSION_COUNT:
         raise ValueError(f"max_messages must be in 1..65534, not {max_messages!r}")
-    packets: list[bytes] = []
     batch: list[bytes] = []
     size = moldudp64.HEADER_LENGTH
     sequence = first_sequence
@@ -262,14 +391,22 @@ def datagrams(messages: Iterable[bytes], session: str | bytes = DEFAULT_SESSION,
         if moldudp64.HEADER_LENGTH + block > max_payload:
             raise ValueError(f"a {len(message)}-byte message does not fit max_payload {max_payload}")
         if batch and (size + block > max_payload or len(batch) == max_messages):
-            packets.append(moldudp64.pack(session, sequence, batch))
+            yield sequence, batch, moldudp64.pack(session, sequence, batch)
             sequence += len(batch)
             batch, size = [], moldudp64.HEADER_LENGTH
         batch.append(message)
         size += block
     if batch:
-        packets.append(moldudp64.pack(session, sequence, batch))
-    return packets
+        yield sequence, batch, moldudp64.pack(session, sequence, batch)
+
+
+def datagrams(messages: Iterable[bytes], session: str | bytes = DEFAULT_SESSION,
+              first_sequence: int = 1, max_payload: int = DEFAULT_MAX_PAYLOAD,
+              max_messages: int | None = None) -> list[bytes]:
+    """Pack ``messages`` in order into MoldUDP64 downstream packets with consecutive sequence
+    numbers; each packet is at most ``max_payload`` bytes and holds at most ``max_messages``."""
+    return [packet for _, _, packet in iter_datagrams(messages, session, first_sequence,
+                                                      max_payload, max_messages)]
 
 
 def udp_frame(payload: bytes, *, src_mac: int | str, dst_mac: int | str, src_ip: int | str,
@@ -321,6 +458,26 @@ def _datagrams_and_frames(messages: Iterable[bytes], cfg: Mapping[str, Any]) -> 
     out = frames(packets, src_mac=cfg["src_mac"], src_ip=cfg["src_ip"], src_port=cfg["src_port"],
                  dst_ip=cfg["dst_ip"], dst_port=cfg["dst_port"])
     return packets, out
+
+
+def iter_feed_frames(messages: Iterable[bytes], config: Mapping[str, Any] | None = None
+                     ) -> Iterator[tuple[int, bytes]]:
+    """The frames of :func:`feed_frames` one at a time, as ``(timestamp_ns, frame)`` records for
+    :func:`tickwire.sim.pcap.write_pcap`: the ITCH timestamp of the datagram's first message (the
+    previous datagram's when that message is too short to carry one)."""
+    cfg = _feed_config(config)
+    dst_mac = multicast_mac(ip_to_int(cfg["dst_ip"]))
+    timestamp_field = itch.MESSAGES["S"]["timestamp"]  # the common header: same in every type
+    timestamp = 0
+    packets = iter_datagrams(messages, session=cfg["session"], first_sequence=cfg["first_sequence"],
+                             max_payload=cfg["max_payload"], max_messages=cfg["max_messages"])
+    for i, (_, batch, packet) in enumerate(packets):
+        if len(batch[0]) >= timestamp_field.end:
+            timestamp = timestamp_field.decode(batch[0])
+        yield timestamp, udp_frame(packet, src_mac=cfg["src_mac"], dst_mac=dst_mac,
+                                   src_ip=cfg["src_ip"], dst_ip=cfg["dst_ip"],
+                                   src_port=cfg["src_port"], dst_port=cfg["dst_port"],
+                                   identification=i)
 
 
 def feed_frames(messages: Iterable[bytes], config: Mapping[str, Any] | None = None) -> list[bytes]:

@@ -2,15 +2,16 @@
 
 One class (or function) per stage, each usable alone: ``MacRxModel`` -> ``NetRxModel`` ->
 ``MoldUdp64Model`` -> ``ItchModel`` -> ``TriggerModel`` -> ``RiskModel`` -> ``OuchModel`` ->
-``NetTxModel`` -> ``MacTxModel``. :class:`PipelineModel` chains them and predicts, for each frame
-arriving on the feed port, the frames the card sends on the order port, and every ``ro`` counter.
-Nothing here is derived from the RTL.
+``NetTxModel`` -> ``MacTxModel``. :class:`MarketDataModel` chains the receive side of both feed
+lines and the injection port up to MoldUDP64; :class:`PipelineModel` chains everything and
+predicts, for each frame arriving on a feed port (or datagram injected), the frames the card
+sends on the order port, and every ``ro`` counter. Nothing here is derived from the RTL.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping, TypedDict
+from typing import Any, Iterable, Mapping, NamedTuple, TypedDict
 
 from tickwire.protocols import itch, moldudp64, soupbintcp
 from tickwire.protocols.net import (  # fcs is re-exported
@@ -30,17 +31,32 @@ logger = logging.getLogger(__name__)
 #: Largest frame mac_rx accepts, FCS included (``max_frame``).
 MAX_FRAME = 1536
 
+#: Gaps the moldudp64 stage keeps open for filling (contract section "moldudp64").
+MAX_OPEN_GAPS = 4
+
+
+def _stage_counters(stage: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` of one stage renamed for another instance of it (``mac_rx`` -> ``mac_rx_b``)."""
+    return tuple(stage + name[name.index("."):] for name in names)
+
+
 MAC_RX_COUNTERS = ("mac_rx.frames_ok", "mac_rx.bad_fcs", "mac_rx.runt", "mac_rx.oversize",
                    "mac_rx.overflow")
 NET_RX_COUNTERS = ("net_rx.frames_accepted", "net_rx.drop_mac", "net_rx.drop_ethertype",
                    "net_rx.drop_ip_header", "net_rx.drop_checksum", "net_rx.drop_ip_destination",
                    "net_rx.drop_udp_port", "net_rx.drop_length")
+#: Feed line B: its own MAC and filter, with the same counters under their own names.
+MAC_RX_B_COUNTERS = _stage_counters("mac_rx_b", MAC_RX_COUNTERS)
+NET_RX_B_COUNTERS = _stage_counters("net_rx_b", NET_RX_COUNTERS)
 MOLDUDP64_COUNTERS = ("moldudp64.messages", "moldudp64.malformed", "moldudp64.truncated",
                       "moldudp64.session_changes", "moldudp64.heartbeats",
                       "moldudp64.end_of_session", "moldudp64.duplicates", "moldudp64.gaps",
                       "moldudp64.last_gap_first", "moldudp64.last_gap_count",
-                      "moldudp64.expected_sequence")
-ITCH_COUNTERS = ("itch.decoded", "itch.skipped", "itch.unknown_type", "itch.bad_length")
+                      "moldudp64.expected_sequence", "moldudp64.recovered",
+                      "moldudp64.late_datagrams", "moldudp64.gaps_abandoned", "moldudp64.open_gaps")
+SYMBOLS_COUNTERS = ("symbols.directory_entries", "symbols.passed", "symbols.filtered",
+                    "symbols.out_of_range")
+ITCH_COUNTERS = ("itch.decoded", "itch.unknown_type", "itch.bad_length")
 TRIGGER_COUNTERS = ("trigger.fired",)
 RISK_COUNTERS = ("risk.accepted", "risk.rejected_kill", "risk.rejected_zero_quantity",
                  "risk.rejected_quantity", "risk.rejected_notional", "risk.last_reject_reason")
@@ -49,13 +65,23 @@ NET_TX_COUNTERS = ("net_tx.frames_sent",)
 MAC_TX_COUNTERS = ("mac_tx.frames_sent",)
 #: Every ``ro`` register the model predicts (all but ``id.*``), in pipeline order.
 COUNTER_NAMES: tuple[str, ...] = (MAC_RX_COUNTERS + NET_RX_COUNTERS + MOLDUDP64_COUNTERS
-                                  + ITCH_COUNTERS + TRIGGER_COUNTERS + RISK_COUNTERS
-                                  + OUCH_COUNTERS + NET_TX_COUNTERS + MAC_TX_COUNTERS)
+                                  + ITCH_COUNTERS + SYMBOLS_COUNTERS + TRIGGER_COUNTERS + RISK_COUNTERS
+                                  + OUCH_COUNTERS + NET_TX_COUNTERS + MAC_TX_COUNTERS
+                                  + MAC_RX_B_COUNTERS + NET_RX_B_COUNTERS)
+#: The ``ro`` registers of the market-data path (``hdl/market_data.py``), in pipeline order.
+MARKET_DATA_COUNTER_NAMES: tuple[str, ...] = (MAC_RX_COUNTERS + NET_RX_COUNTERS + MAC_RX_B_COUNTERS
+                                              + NET_RX_B_COUNTERS + MOLDUDP64_COUNTERS + ITCH_COUNTERS)
 
 
 
 class Record(TypedDict):
-    """One decoded order-level ITCH message (contract section "itch")."""
+    """One decoded ITCH 5.0 message of any type (contract section "itch").
+
+    The fields of ``tickwire.protocols.itch.RECORD_FIELDS`` but ``sequence_number``; which ITCH
+    field each one holds for each type is ``tickwire.protocols.itch.RECORD_SOURCES``. Alpha fields
+    are ``str`` (the wire bytes, padding kept, one character per byte), integers ``int``; a
+    field the type does not use is ``""`` or ``0``.
+    """
 
     message_type: str
     stock_locate: int
@@ -66,10 +92,29 @@ class Record(TypedDict):
     buy_sell_indicator: str
     shares: int
     price: int
+    price_2: int
+    price_3: int
+    price_4: int
+    price_5: int
     stock: str
     match_number: int
     attribution: str
     printable: str
+    cross_type: str
+    value_1: int
+    value_2: int
+    value_3: int
+    text: str
+    code_1: str
+    code_2: str
+    code_3: str
+    code_4: str
+    code_5: str
+    code_6: str
+    code_7: str
+    code_8: str
+    code_9: str
+    code_10: str
 
 
 class Intent(TypedDict):
@@ -130,11 +175,16 @@ class MacRxModel(_Stage):
 
     COUNTERS = MAC_RX_COUNTERS
 
-    def __init__(self, *, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, *, max_frame: int = MAX_FRAME, stage: str = "mac_rx") -> None:
         if max_frame < MIN_FRAME_LENGTH_WITH_FCS:
             raise ValueError(f"max_frame must be at least {MIN_FRAME_LENGTH_WITH_FCS}, not {max_frame!r}")
         self.max_frame = max_frame
+        self.stage = stage
+        self.COUNTERS = _stage_counters(stage, MAC_RX_COUNTERS)
         super().__init__()
+
+    def _count(self, name: str) -> None:
+        super()._count(self.stage + name[name.index("."):])
 
     def process(self, frame_with_fcs: bytes, *, error: bool = False) -> bytes | None:
         """The frame without FCS, or None when dropped. ``error``: an /E/ was inside the frame."""
@@ -160,24 +210,32 @@ class NetRxModel(_Stage):
 
     COUNTERS = NET_RX_COUNTERS
 
-    def __init__(self, registers: Mapping[str, int] | None = None) -> None:
+    def __init__(self, registers: Mapping[str, int] | None = None, *, stage: str = "net_rx") -> None:
+        """``stage``: the instance's name, ``net_rx`` (line A) or ``net_rx_b``; its registers
+        and counters are ``<stage>.<name>``."""
         self.registers = RegisterFile.of(registers)
+        self.stage = stage
+        self.COUNTERS = _stage_counters(stage, NET_RX_COUNTERS)
         super().__init__()
+
+    def _count(self, name: str) -> None:
+        super()._count(self.stage + name[name.index("."):])
 
     def _drop(self, reason: str, frame: bytes) -> None:
         self._count(f"net_rx.drop_{reason}")
-        logger.debug("net_rx: drop_%s %s", reason, frame[:UDP_PAYLOAD_OFFSET].hex())
+        logger.debug("%s: drop_%s %s", self.stage, reason, frame[:UDP_PAYLOAD_OFFSET].hex())
 
     def process(self, frame: bytes) -> bytes | None:
         regs = self.registers
+        stage = self.stage
         # Frames after mac_rx are >= 60 bytes; a shorter one (stage tested alone) reads as zeros.
         head = bytes(frame[:UDP_PAYLOAD_OFFSET]).ljust(UDP_PAYLOAD_OFFSET, b"\x00")
         eth = ETHERNET.unpack(head)
         ip_bytes = head[ETHERNET_HEADER_LENGTH:ETHERNET_HEADER_LENGTH + IPV4_HEADER_LENGTH]
         ip = IPV4.unpack(ip_bytes)
         udp = UDP.unpack(head[ETHERNET_HEADER_LENGTH + IPV4_HEADER_LENGTH:])
-        group = regs["net_rx.multicast_group"]
-        if eth["destination_address"] not in (regs["net_rx.mac_address"], _multicast_mac_of(group)):
+        group = regs[f"{stage}.multicast_group"]
+        if eth["destination_address"] not in (regs[f"{stage}.mac_address"], _multicast_mac_of(group)):
             self._drop("mac", frame)
         elif eth["ethertype"] != ETHERTYPE_IPV4:
             self._drop("ethertype", frame)
@@ -189,7 +247,7 @@ class NetRxModel(_Stage):
             self._drop("checksum", frame)
         elif ip["destination_address"] != group:
             self._drop("ip_destination", frame)
-        elif udp["destination_port"] != regs["net_rx.udp_port"]:
+        elif udp["destination_port"] != regs[f"{stage}.udp_port"]:
             self._drop("udp_port", frame)
         elif not (IPV4_HEADER_LENGTH + UDP_HEADER_LENGTH <= ip["total_length"]
                   and ETHERNET_HEADER_LENGTH + ip["total_length"] <= len(frame)
@@ -206,18 +264,43 @@ def _multicast_mac_of(group: int) -> int:
     return MULTICAST_MAC_PREFIX | (group & MULTICAST_MAC_GROUP_MASK)
 
 
+class GapEvent(NamedTuple):
+    """A gap the moldudp64 stage reports (``o_gap``): the missing range, as a MoldUDP64
+    retransmission request names it."""
+
+    session: bytes
+    sequence_number: int
+    message_count: int
+
+
+class Delivered(NamedTuple):
+    """A message the moldudp64 stage delivers; ``recovered``: it filled an open gap."""
+
+    sequence_number: int
+    message: bytes
+    recovered: bool
+
+
 class MoldUdp64Model(_Stage):
-    """MoldUDP64 session and sequence tracking (contract section "moldudp64").
+    """MoldUDP64 session, sequence and gap tracking (contract section "moldudp64").
 
     The first datagram's session is adopted with expected := its sequence number and no
-    ``session_changes``; before that ``moldudp64.expected_sequence`` reads 0.
+    ``session_changes``; before that ``moldudp64.expected_sequence`` reads 0. Datagrams from
+    every source (feed line A, line B, the injection port) go through the one :meth:`process`,
+    in the order the stage receives them. :attr:`gap_events` lists every gap reported;
+    :attr:`open_gaps` the gaps still open, oldest first, as ``[next missing, end)`` pairs.
     """
 
     COUNTERS = MOLDUDP64_COUNTERS
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_open_gaps: int = MAX_OPEN_GAPS) -> None:
+        if max_open_gaps < 1:
+            raise ValueError(f"max_open_gaps must be at least 1, not {max_open_gaps!r}")
         super().__init__()
+        self.max_open_gaps = max_open_gaps
         self.session: bytes | None = None
+        self.open_gaps: list[list[int]] = []
+        self.gap_events: list[GapEvent] = []
 
     @property
     def expected(self) -> int:
@@ -228,14 +311,48 @@ class MoldUdp64Model(_Stage):
         self.counters["moldudp64.expected_sequence"] = value & (1 << 64) - 1
 
     def _gap(self, sequence: int) -> None:
+        first, count = self.expected, sequence - self.expected
         self._count("moldudp64.gaps")
-        self.counters["moldudp64.last_gap_first"] = self.expected
-        self.counters["moldudp64.last_gap_count"] = sequence - self.expected
+        self.counters["moldudp64.last_gap_first"] = first
+        self.counters["moldudp64.last_gap_count"] = count & 0xFFFFFFFF
+        assert self.session is not None
+        self.gap_events.append(GapEvent(self.session, first, count))
         logger.info("moldudp64: session %r gap: expected %d, got %d (%d missing)",
-                    self.session, self.expected, sequence, sequence - self.expected)
+                    self.session, first, sequence, count)
+        if len(self.open_gaps) == self.max_open_gaps:
+            abandoned = self.open_gaps.pop(0)
+            self._count("moldudp64.gaps_abandoned")
+            logger.info("moldudp64: gap [%d, %d) abandoned unfilled", *abandoned)
+        self.open_gaps.append([first, sequence])
+        self._sync_open_gaps()
+
+    def _sync_open_gaps(self) -> None:
+        self.counters["moldudp64.open_gaps"] = len(self.open_gaps)
+
+    def _sequence(self, message_sequence: int) -> bool | None:
+        """Where a message goes: False delivered live, True delivered as recovered, None dropped."""
+        if message_sequence >= self.expected:
+            if message_sequence > self.expected:
+                self._gap(message_sequence)
+            self.expected = message_sequence + 1
+            return False
+        for gap in self.open_gaps:
+            if gap[0] == message_sequence:
+                gap[0] += 1
+                if gap[0] == gap[1]:
+                    self.open_gaps.remove(gap)
+                    self._sync_open_gaps()
+                self._count("moldudp64.recovered")
+                return True
+        self._count("moldudp64.duplicates")
+        return None
 
     def process(self, payload: bytes) -> list[tuple[int, bytes]]:
         """The ``(sequence_number, message)`` pairs this datagram delivers, in order."""
+        return [(d.sequence_number, d.message) for d in self.process_datagram(payload)]
+
+    def process_datagram(self, payload: bytes) -> list[Delivered]:
+        """The messages this datagram delivers, in order, each with its ``recovered`` flag."""
         if len(payload) < moldudp64.HEADER_LENGTH:
             self._count("moldudp64.malformed")
             return []
@@ -247,6 +364,9 @@ class MoldUdp64Model(_Stage):
         elif session != self.session:
             logger.info("moldudp64: session %r -> %r at sequence %d", self.session, session, sequence)
             self._count("moldudp64.session_changes")
+            self.counters["moldudp64.gaps_abandoned"] += len(self.open_gaps)
+            self.open_gaps.clear()
+            self._sync_open_gaps()
             self.session, self.expected = session, sequence
         if count == moldudp64.HEARTBEAT_COUNT:
             self._count("moldudp64.heartbeats")
@@ -257,7 +377,8 @@ class MoldUdp64Model(_Stage):
         if count == moldudp64.END_OF_SESSION_COUNT:
             self._count("moldudp64.end_of_session")
             return []
-        delivered: list[tuple[int, bytes]] = []
+        delivered: list[Delivered] = []
+        framed = 0
         pos = moldudp64.HEADER_LENGTH
         for i in range(count):
             if pos + moldudp64.BLOCK_LENGTH_WIDTH > len(payload):
@@ -273,50 +394,61 @@ class MoldUdp64Model(_Stage):
                 break
             message = bytes(payload[pos + moldudp64.BLOCK_LENGTH_WIDTH:end])
             pos = end
-            message_sequence = sequence + i
-            if message_sequence < self.expected:
-                self._count("moldudp64.duplicates")
-                continue
-            if message_sequence > self.expected:
-                self._gap(message_sequence)
-            self.expected = message_sequence + 1
-            self._count("moldudp64.messages")
-            delivered.append((message_sequence, message))
+            framed += 1
+            recovered = self._sequence(sequence + i)
+            if recovered is not None:
+                self._count("moldudp64.messages")
+                delivered.append(Delivered(sequence + i, message, recovered))
+        if framed and not delivered:
+            self._count("moldudp64.late_datagrams")
         return delivered
 
 
 def itch_outcome(message: bytes) -> str:
     """What the itch stage does with ``message``: the suffix of the counter it bumps
-    (``decoded``, ``skipped``, ``unknown_type`` or ``bad_length``)."""
+    (``decoded``, ``unknown_type`` or ``bad_length``)."""
     type_ = chr(message[0]) if message else ""
     if type_ not in itch.MESSAGES:
         return "unknown_type"
     if len(message) != itch.LENGTHS[type_]:
         return "bad_length"
-    return "decoded" if type_ in itch.ORDER_TYPES else "skipped"
+    return "decoded"
 
 
 def itch_decode(message: bytes) -> Record | None:
-    """The record of an order-level message (A F E C X D U, right length), else None."""
+    """The record of a message of a known type at its spec length, else None.
+
+    Each ITCH field is read from the spec layout (``tickwire.protocols.itch.MESSAGES``) and put in
+    the record field ``RECORD_SOURCES`` names for it; alpha fields keep their bytes
+    (``latin-1``, so any byte value survives).
+    """
     if itch_outcome(message) != "decoded":
         return None
     type_ = chr(message[0])
-    fields = itch.MESSAGES[type_].unpack(message)
-    record: dict[str, Any] = {
-        "message_type": type_, "stock_locate": fields["stock_locate"],
-        "tracking_number": fields["tracking_number"], "timestamp": fields["timestamp"],
-        "order_reference_number": 0, "new_order_reference_number": 0,
-        "buy_sell_indicator": " ", "shares": 0, "price": 0, "stock": " " * 8, "match_number": 0,
-        "attribution": " " * 4, "printable": " ",
-    }
+    layout = itch.MESSAGES[type_]
+    record: dict[str, Any] = {name: "" if name in itch.ALPHA_RECORD_FIELDS else 0
+                              for name in itch.RECORD_FIELDS if name not in itch.SIDEBAND_FIELDS}
     for name, sources in itch.RECORD_SOURCES.items():
         if type_ in sources:
-            record[name] = fields[sources[type_]]
+            f = layout[sources[type_]]
+            raw = message[f.offset:f.end]
+            record[name] = raw.decode("latin-1") if f.type == "alpha" else int.from_bytes(raw, "big")
     return Record(**record)  # type: ignore[typeddict-item]
 
 
+def record_values(record: Record, sequence_number: int = 0, recovered: bool = False) -> dict[str, int]:
+    """``record`` as the integers of the gateware's record layout (``hdl/itch.py``): alpha
+    fields first character in bits [7:0], unused high bytes 0."""
+    out: dict[str, int] = {}
+    for name, value in record.items():
+        out[name] = int.from_bytes(value.encode("latin-1"), "little") if isinstance(value, str) else value
+    out["sequence_number"] = sequence_number
+    out["recovered"] = int(recovered)
+    return out
+
+
 class ItchModel(_Stage):
-    """ITCH 5.0 framing and decode (contract section "itch")."""
+    """ITCH 5.0 length check and decode of all 23 types (contract section "itch")."""
 
     COUNTERS = ITCH_COUNTERS
 
@@ -328,6 +460,52 @@ class ItchModel(_Stage):
         return itch_decode(message)
 
 
+class SymbolDirectoryModel(_Stage):
+    """Locate -> symbol table and tracked-symbol filter (contract section "symbols")."""
+
+    COUNTERS = SYMBOLS_COUNTERS
+
+    def __init__(self, registers: Mapping[str, int] | None = None, *, max_locates: int = 16384,
+                 track_names: int = 8) -> None:
+        self.registers = RegisterFile.of(registers)
+        self.max_locates = max_locates
+        self.track_names = track_names
+        self.names: dict[int, str] = {}
+        self.tracked: set[int] = set()
+        super().__init__()
+
+    def track_locate(self, value: int) -> None:
+        """The host wrote ``symbols.track_locate``: bit 16 tracks or untracks locate bits 15..0."""
+        locate, flag = value & 0xFFFF, value >> 16 & 1
+        if locate < self.max_locates:
+            (self.tracked.add if flag else self.tracked.discard)(locate)
+
+    def lookup(self, locate: int) -> tuple[str, bool]:
+        """The directory entry of ``locate`` (stock, '' when none) and whether it is tracked."""
+        return self.names.get(locate, ""), locate in self.tracked
+
+    def _named(self, stock: str) -> bool:
+        value = int.from_bytes(stock.encode("latin-1"), "little")
+        names = (self.registers[f"symbols.track_name_{k}"] for k in range(self.track_names))
+        return any(n != 0 and n == value for n in names)
+
+    def process(self, record: Record) -> bool:
+        """Whether ``record`` goes on; Stock Directory records fill the table on the way."""
+        locate = record["stock_locate"]
+        fits = locate < self.max_locates
+        if not fits:
+            self._count("symbols.out_of_range")
+        if record["message_type"] == "R" and fits:
+            self.names[locate] = record["stock"]
+            self._count("symbols.directory_entries")
+            if self._named(record["stock"]):
+                self.tracked.add(locate)
+        passes = (not self.registers["symbols.filter_enable"] or locate == 0
+                  or (fits and locate in self.tracked))
+        self._count("symbols.passed" if passes else "symbols.filtered")
+        return passes
+
+
 class TriggerModel(_Stage):
     """The one-rule trigger (contract section "trigger"): an intent or None."""
 
@@ -337,9 +515,10 @@ class TriggerModel(_Stage):
         self.registers = RegisterFile.of(registers)
         super().__init__()
 
-    def process(self, record: Record) -> Intent | None:
+    def process(self, record: Record, recovered: bool = False) -> Intent | None:
+        """``recovered``: the message filled a gap late; such messages never fire."""
         regs = self.registers
-        if (not regs["trigger.enable"] or record["message_type"] not in ("A", "F")
+        if (not regs["trigger.enable"] or recovered or record["message_type"] not in ("A", "F")
                 or record["stock_locate"] != regs["trigger.stock_locate"]):
             return None
         side, limit = regs["trigger.side"], regs["trigger.price_limit"]
@@ -470,6 +649,65 @@ class MacTxModel(_Stage):
         return with_fcs(bytes(frame).ljust(MIN_FRAME_LENGTH, b"\x00"))
 
 
+class MarketDataModel:
+    """The market-data path (``hdl/market_data.py``): feed line A (``mac_rx``, ``net_rx``), feed
+    line B (``mac_rx_b``, ``net_rx_b``) and the injection port, merged datagram by datagram into
+    one MoldUDP64 sequencer, then the ITCH decoder (contract section "A/B lines and injection").
+
+    Call :meth:`receive` and :meth:`inject` in the order the sequencer takes the datagrams (the
+    arbiter's order); each returns what that datagram delivers.
+
+    Parameters
+    ----------
+    registers
+        ``rw`` register values by name (a :class:`RegisterFile` is shared, not copied).
+    """
+
+    LINES = ("a", "b")
+
+    def __init__(self, registers: Mapping[str, int] | None = None, *, max_frame: int = MAX_FRAME,
+                 max_open_gaps: int = MAX_OPEN_GAPS) -> None:
+        self.registers = RegisterFile.of(registers)
+        self.mac_rx = MacRxModel(max_frame=max_frame)
+        self.net_rx = NetRxModel(self.registers)
+        self.mac_rx_b = MacRxModel(max_frame=max_frame, stage="mac_rx_b")
+        self.net_rx_b = NetRxModel(self.registers, stage="net_rx_b")
+        self.moldudp64 = MoldUdp64Model(max_open_gaps=max_open_gaps)
+        self.itch = ItchModel()
+        self.stages = (self.mac_rx, self.net_rx, self.mac_rx_b, self.net_rx_b, self.moldudp64, self.itch)
+
+    def payload(self, frame_with_fcs: bytes, *, error: bool = False, line: str = "a") -> bytes | None:
+        """The UDP payload a frame on feed ``line`` passes on, or None (counted where dropped)."""
+        if line not in self.LINES:
+            raise ValueError(f"line must be one of {self.LINES}, not {line!r}")
+        mac, net = (self.mac_rx, self.net_rx) if line == "a" else (self.mac_rx_b, self.net_rx_b)
+        frame = mac.process(frame_with_fcs, error=error)
+        return net.process(frame) if frame is not None else None
+
+    def receive(self, frame_with_fcs: bytes, *, error: bool = False,
+                line: str = "a") -> list[tuple[Delivered, Record | None]]:
+        """One frame on feed ``line`` (FCS included; ``error``: it carried an /E/): the messages
+        it delivers with their decoded records (None: not decoded)."""
+        payload = self.payload(frame_with_fcs, error=error, line=line)
+        return [] if payload is None else self.inject(payload)
+
+    def inject(self, payload: bytes) -> list[tuple[Delivered, Record | None]]:
+        """One MoldUDP64 datagram on the injection port, as :meth:`receive`."""
+        return [(d, self.itch.process(d.message)) for d in self.moldudp64.process_datagram(payload)]
+
+    @property
+    def gap_events(self) -> list[GapEvent]:
+        return self.moldudp64.gap_events
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The path's ``ro`` registers by name (:data:`MARKET_DATA_COUNTER_NAMES`)."""
+        merged: dict[str, int] = {}
+        for stage in self.stages:
+            merged.update(stage.counters)
+        return {name: merged[name] for name in MARKET_DATA_COUNTER_NAMES}
+
+
 class PipelineModel:
     """The whole skeleton pipeline: feed-port frames in, order-port frames out.
 
@@ -483,29 +721,34 @@ class PipelineModel:
 
     def __init__(self, registers: Mapping[str, int] | None = None, *, max_frame: int = MAX_FRAME) -> None:
         self.registers = RegisterFile(registers)
-        self.mac_rx = MacRxModel(max_frame=max_frame)
-        self.net_rx = NetRxModel(self.registers)
-        self.moldudp64 = MoldUdp64Model()
-        self.itch = ItchModel()
+        self.market_data = MarketDataModel(self.registers, max_frame=max_frame)
+        self.mac_rx, self.net_rx = self.market_data.mac_rx, self.market_data.net_rx
+        self.mac_rx_b, self.net_rx_b = self.market_data.mac_rx_b, self.market_data.net_rx_b
+        self.moldudp64, self.itch = self.market_data.moldudp64, self.market_data.itch
+        self.symbols = SymbolDirectoryModel(self.registers)
         self.trigger = TriggerModel(self.registers)
         self.risk = RiskModel(self.registers)
         self.ouch = OuchModel(self.registers)
         self.net_tx = NetTxModel(self.registers)
         self.mac_tx = MacTxModel()
-        self._stages = (self.mac_rx, self.net_rx, self.moldudp64, self.itch, self.trigger,
-                        self.risk, self.ouch, self.net_tx, self.mac_tx)
+        self._stages = (*self.market_data.stages, self.symbols, self.trigger, self.risk, self.ouch, self.net_tx,
+                        self.mac_tx)
 
-    def feed(self, frame_with_fcs: bytes, *, error: bool = False) -> list[bytes]:
-        """Process one feed-port frame (FCS included; ``error``: it carried an /E/) and return
-        the order-port frames (padded, without FCS) it causes, in order."""
-        frame = self.mac_rx.process(frame_with_fcs, error=error)
-        payload = self.net_rx.process(frame) if frame is not None else None
-        if payload is None:
-            return []
+    def feed(self, frame_with_fcs: bytes, *, error: bool = False, line: str = "a") -> list[bytes]:
+        """Process one frame on feed port ``line`` ("a" or "b"; FCS included; ``error``: it
+        carried an /E/) and return the order-port frames (padded, without FCS) it causes, in order."""
+        return self._trade(self.market_data.receive(frame_with_fcs, error=error, line=line))
+
+    def inject(self, payload: bytes) -> list[bytes]:
+        """Process one MoldUDP64 datagram on the injection port, as :meth:`feed`."""
+        return self._trade(self.market_data.inject(payload))
+
+    def _trade(self, delivered: list[tuple[Delivered, Record | None]]) -> list[bytes]:
         out: list[bytes] = []
-        for sequence, message in self.moldudp64.process(payload):
-            record = self.itch.process(message)
-            intent = self.trigger.process(record) if record is not None else None
+        for (sequence, _, recovered), record in delivered:
+            if record is None or not self.symbols.process(record):
+                continue
+            intent = self.trigger.process(record, recovered)
             if intent is None:
                 continue
             accepted, reason = self.risk.process(intent)

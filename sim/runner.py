@@ -76,7 +76,7 @@ class Dut:
 
 
 def _duts() -> dict[str, Dut]:
-    from ..hdl import mac, net, moldudp64, itch, trigger, risk, ouch, top, market_data
+    from ..hdl import mac, net, moldudp64, itch, trigger, risk, ouch, top, market_data, symbols, arbiter
     from ..hdl.ouch import ENTER_ORDER_PACKET_LENGTH
     return {
         "mac_rx": Dut("mac_rx", lambda: mac.MacRx(buffer_words=512)),
@@ -90,6 +90,8 @@ def _duts() -> dict[str, Dut]:
         "ouch": Dut("ouch", ouch.OuchEncoder),
         "top": Dut("tickwire_top", top.Appliance),
         "market_data": Dut("market_data", market_data.MarketDataTop),
+        "symbols": Dut("symbols", symbols.SymbolDirectory),
+        "arbiter": Dut("packet_arbiter", lambda: arbiter.PacketArbiter(n_inputs=3)),
     }
 
 

@@ -18,10 +18,17 @@ from ..host.regmap import RegisterMap
 __all__ = ["CLOCK_NS", "start_clock", "reset", "CsrMaster", "pack", "unpack", "StreamSource",
            "StreamSink", "StreamMonitor", "cycle_pause", "XgmiiStartProbe", "layout_fields",
            "packet_beats", "packet_bytes", "split_packets", "bench_seed", "rng_for", "stats",
-           "skip_unless", "read_counters", "check_packet_framing", "wait_until"]
+           "skip_unless", "read_counters", "market_data_regmap", "check_packet_framing", "wait_until"]
 
 #: Core clock period in ns: the gateware's clock unless ``TICKWIRE_CLOCK_NS`` says otherwise.
 CLOCK_NS = float(os.environ.get("TICKWIRE_CLOCK_NS", str(1e9 / CLOCK_HZ)))
+
+
+def market_data_regmap() -> RegisterMap:
+    """The register map of :class:`~tickwire.hdl.market_data.MarketDataTop` (not the appliance's)."""
+    from ..hdl.build import top_regmap
+    from ..hdl.market_data import MarketDataTop
+    return RegisterMap.from_dict(top_regmap(MarketDataTop))
 
 
 def bench_seed(default: int) -> int:
@@ -286,8 +293,9 @@ class StreamMonitor:
     high at a clock edge) without driving anything; cycles counted from construction, as
     :class:`StreamSink` counts them."""
 
-    def __init__(self, dut, prefix: str, layout):
+    def __init__(self, dut, prefix: str, layout, clk=None):
         self.dut = dut
+        self.clk = clk if clk is not None else dut.clk
         self.layout = layout
         self.valid = getattr(dut, prefix + "valid")
         self.ready = getattr(dut, prefix + "ready")
@@ -300,7 +308,7 @@ class StreamMonitor:
 
     async def _run(self) -> None:
         while True:
-            await RisingEdge(self.dut.clk)
+            await RisingEdge(self.clk)
             self.cycle += 1
             if int(self.valid.value):
                 if int(self.ready.value):

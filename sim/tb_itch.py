@@ -1,5 +1,7 @@
 """cocotb bench of the ITCH decoder alone: random messages of all 23 ITCH 5.0 types, unknown types
-and wrong lengths, every record and counter checked against :class:`tickwire.sim.model.ItchModel`."""
+and wrong lengths; every record checked field for field against :class:`tickwire.sim.model.ItchModel`
+and, through :func:`tickwire.protocols.itch.record_to_fields`, against the spec decode
+(:func:`tickwire.protocols.itch.unpack`); every counter against the model."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import cocotb
 from ..hdl.itch import record_layout
 from ..hdl.moldudp64 import message_layout
 from ..protocols import itch
-from .model import ITCH_COUNTERS, ItchModel, Record
+from .model import ITCH_COUNTERS, ItchModel, record_values
 from .stage_bench import StageTB
 from .tb import bench_seed, rng_for
 from .tb import StreamSource, cycle_pause
@@ -20,7 +22,6 @@ MESSAGES = 1500
 
 _ALPHA_CHARS = [chr(c) for c in range(0x20, 0x7F)]
 _UNKNOWN_TYPES = [b for b in range(256) if chr(b) not in itch.MESSAGES]
-_ALPHA_RECORD_FIELDS = ("message_type", "buy_sell_indicator", "stock", "attribution", "printable")
 
 
 class TB(StageTB):
@@ -34,6 +35,8 @@ class TB(StageTB):
 
 def _field_value(rng, f):
     if f.type == "alpha":
+        if rng.random() < 0.05:  # any byte: the decoder passes alpha bytes through untouched
+            return rng.randbytes(f.width)
         return "".join(rng.choice(_ALPHA_CHARS) for _ in range(rng.randint(0, f.width)))
     if f.type not in ("integer", "price4", "price8", "timestamp"):
         raise AssertionError(f"ITCH field {f.name} of type {f.type} not generated")
@@ -47,19 +50,21 @@ def _field_value(rng, f):
 
 
 def random_message(rng, type_: str) -> bytes:
-    """One ITCH 5.0 message of ``type_`` with random field values (alpha fields printable ASCII)."""
+    """One ITCH 5.0 message of ``type_`` with random field values (alpha fields mostly printable
+    ASCII with random padding, sometimes any bytes; integers often 0 or all ones)."""
     layout = itch.MESSAGES[type_]
     return itch.pack(type_, **{f.name: _field_value(rng, f) for f in layout.fields if f.name != "message_type"})
 
 
 def random_stimulus(rng, count: int) -> list[bytes]:
-    """Every type at its length at least three times, then a random mix: order types, the other
-    types, unknown type bytes and known types at a wrong length (shorter, longer, far longer)."""
+    """Every type at its length at least three times, then a random mix: any of the 23 types,
+    order types once more, unknown type bytes and known types at a wrong length (shorter, longer,
+    far longer)."""
     types = list(itch.MESSAGES)
     out = [random_message(rng, t) for t in types * 3]
     while len(out) < count:
         r = rng.random()
-        if r < 0.35:
+        if r < 0.15:
             out.append(random_message(rng, rng.choice(itch.ORDER_TYPES)))
         elif r < 0.7:
             out.append(random_message(rng, rng.choice(types)))
@@ -77,13 +82,11 @@ def random_stimulus(rng, count: int) -> list[bytes]:
     return out
 
 
-def record_fields(record: Record, sequence_number: int) -> dict[str, int]:
-    """The model's record as the fields of ``record_layout`` (alpha fields in wire order)."""
-    out = dict(record)
-    for name in _ALPHA_RECORD_FIELDS:
-        out[name] = int.from_bytes(record[name].encode("ascii"), "little")
-    out["sequence_number"] = sequence_number
-    return out
+def spec_fields(message: bytes) -> dict:
+    """The spec decode of ``message`` as :func:`~tickwire.protocols.itch.record_to_fields` gives
+    it: ``type`` for the type, alpha padding stripped."""
+    return {("type" if name == "message_type" else name): (v.rstrip(" ") if isinstance(v, str) else v)
+            for name, v in itch.unpack(message).items()}
 
 
 def _input_beat(rng, message: bytes, sequence_number: int) -> dict[str, int]:
@@ -104,7 +107,7 @@ async def run_test_random(dut, *, backpressure: bool):
     for k, (message, seq) in enumerate(zip(messages, sequence_numbers)):
         record = tb.model.process(message)
         if record is not None:
-            expected.append((k, record_fields(record, seq)))
+            expected.append((k, record_values(record, seq)))
     tb.drive_ready("o_stream__", cycle_pause(0.5, seed=SEED + 1) if backpressure else None)
     source = StreamSource(dut, "i_stream__", tb.layout, pause=cycle_pause(0.3, seed=SEED + 2) if backpressure else None)
     await source.send(_input_beat(rng, m, s) for m, s in zip(messages, sequence_numbers))
@@ -117,6 +120,14 @@ async def run_test_random(dut, *, backpressure: bool):
         if got.fields != want:
             diff = {f: (got.fields[f], want[f]) for f in want if got.fields[f] != want[f]}
             raise AssertionError(f"record {n} (message {k}, {messages[k].hex()}): (dut, model) {diff}")
+        fields = itch.record_to_fields(got.fields)
+        assert fields == spec_fields(messages[k]), \
+            f"record {n} (message {k}, {messages[k].hex()}): record_to_fields {fields}"
+    per_type = {t: 0 for t in itch.MESSAGES}
+    for b in outputs:
+        per_type[chr(b.fields["message_type"])] += 1
+    tb.log.info("records per type: %s", per_type)
+    assert all(per_type.values()), f"a type was never decoded: {per_type}"
     counters = tb.check_counters(tb.model.counters, "itch")
     for name in ITCH_COUNTERS:
         assert counters[name] > 0, f"{name} never counted: the stimulus did not exercise it"

@@ -14,7 +14,7 @@ from ..protocols.net import UDP_PAYLOAD_OFFSET
 from .defaults import DEFAULT_REGISTERS
 from .feed import feed_frames
 from .model import with_fcs
-from .tb import CsrMaster, XgmiiStartProbe, reset, start_clock, wait_until
+from .tb import market_data_regmap, CsrMaster, XgmiiStartProbe, reset, start_clock, wait_until
 
 logger = logging.getLogger("tb_line_rate")
 logger.setLevel(logging.INFO)
@@ -102,13 +102,66 @@ def _figure_path():
     return os.environ.get("TICKWIRE_LINE_RATE_OUT", "line_rate.txt")
 
 
-def market_data_regmap():
-    """The register map of :class:`~tickwire.hdl.market_data.MarketDataTop` (not the appliance's)."""
-    from ..hdl.csr import regmap_document
-    from ..hdl.market_data import MarketDataTop
-    from ..hdl.top import CLOCK_HZ
-    from ..host.regmap import RegisterMap
-    top = MarketDataTop()
-    for obj in (top, top.bank, top.path, *top.stages.values()):
-        obj._MustUse__silence = True
-    return RegisterMap.from_dict(regmap_document(top.bank, {"clock_hz": CLOCK_HZ}))
+@cocotb.test()
+async def message_latency(dut):
+    """Cycles from the MAC passing on the word that holds a message's last byte to that message's
+    decoded record, for messages ending in every lane (frames spaced out, output always ready)."""
+    import random
+    from ..hdl.packet import packet_layout
+    from .tb import StreamMonitor, stats
+    start_clock(dut)
+    for port in ("feed_rx", "feed_rx_b"):
+        if hasattr(dut, port + "__data"):
+            getattr(dut, port + "__data").value = IDLE
+            getattr(dut, port + "__ctrl").value = 0xFF
+    dut.o_records__ready.value = 1
+    source = XgmiiSource(dut.feed_rx__data, dut.feed_rx__ctrl, dut.clk, dut.rst)
+    csr = CsrMaster(dut, market_data_regmap())
+    await reset(dut)
+    for name in ("net_rx.mac_address", "net_rx.multicast_group", "net_rx.udp_port"):
+        await csr.write(name, DEFAULT_REGISTERS[name])
+    mac_out = StreamMonitor(dut.path.mac_rx, "o_stream__", packet_layout(), clk=dut.clk)
+    rec_cycles: list[int] = []
+
+    async def watch_records():
+        cycle = 0  # counts the same edges as mac_out: both start before the next edge
+        while True:
+            await RisingEdge(dut.clk)
+            cycle += 1
+            if int(dut.o_records__valid.value):
+                rec_cycles.append(cycle)
+
+    cocotb.start_soon(watch_records())
+    rng = random.Random(5)
+    types = list(itch.MESSAGES.values())
+    ends = []   # (frame index, word index of the message's last byte)
+    sequence = 1
+    frames = []
+    for f in range(40):
+        msgs = []
+        for _ in range(rng.randint(1, 6)):
+            m = rng.choice(types)
+            msgs.append(m.pack())
+        pos = UDP_PAYLOAD_OFFSET + moldudp64.HEADER_LENGTH
+        for m in msgs:
+            pos += 2 + len(m)
+            ends.append((f, (pos - 1) // 8))
+        frames += feed_frames(msgs, {"first_sequence": sequence})
+        sequence += len(msgs)
+    for frame in frames:
+        await source.send(XgmiiFrame.from_raw_payload(with_fcs(frame)))
+        await wait_until(dut, lambda: source.empty() and source.idle(), lambda: "frame sent", settle=300)
+    await wait_until(dut, lambda: len(rec_cycles) >= len(ends), lambda: f"{len(rec_cycles)} of {len(ends)} records",
+                     timeout_cycles=20_000, settle=50)
+    assert len(rec_cycles) == len(ends)
+    # The cycle each MAC output word was taken, per frame.
+    words, current = [], []
+    for beat, cycle in zip(mac_out.beats, mac_out.cycles):
+        current.append(cycle)
+        if beat["last"]:
+            words.append(current)
+            current = []
+    latency = [rec - words[f][w] for rec, (f, w) in zip(rec_cycles, ends)]
+    logger.info("message latency after the MAC: %s cycles", stats(latency))
+    (open(_figure_path(), "w")).write(f"{min(latency)} {max(latency)}\n")
+    assert max(latency) <= 4, f"latency after the MAC {stats(latency)}, goal at most 4 cycles"

@@ -1,5 +1,6 @@
-"""cocotb bench of :mod:`tickwire.hdl.moldudp64`: MoldUDP64 payloads in, sequenced messages out,
-every message and every counter checked against :class:`~tickwire.sim.model.MoldUdp64Model`.
+"""cocotb bench of :mod:`tickwire.hdl.moldudp64`: MoldUDP64 payloads in, sequenced messages and
+gap events out, every message (with its ``recovered`` flag), every gap event and every counter
+checked against :class:`~tickwire.sim.model.MoldUdp64Model`.
 
 ``TICKWIRE_RANDOM_SEED`` overrides the seed.
 """
@@ -11,10 +12,10 @@ from collections import Counter
 
 import cocotb
 
-from ..hdl.moldudp64 import message_layout
+from ..hdl.moldudp64 import gap_layout, message_layout
 from ..hdl.packet import packet_layout
 from ..protocols import itch, moldudp64
-from .model import MOLDUDP64_COUNTERS, MoldUdp64Model
+from .model import MOLDUDP64_COUNTERS, Delivered, GapEvent, MoldUdp64Model
 from .tb import (bench_seed, read_counters, rng_for, stats, wait_until,
                  StreamMonitor, StreamSink, StreamSource, cycle_pause, packet_beats, reset,
                  start_clock)
@@ -54,7 +55,8 @@ def header(session: bytes, sequence: int, count: int) -> bytes:
 
 class MoldUdp64TB:
     """MoldUdp64 between a packet-stream source and a message sink (each with optional random
-    stalls), an input monitor (stalls, latency) and :class:`~tickwire.sim.model.MoldUdp64Model`."""
+    stalls), a gap-event sink, an input monitor (stalls, latency) and
+    :class:`~tickwire.sim.model.MoldUdp64Model`."""
 
     def __init__(self, dut, *, source_pause=None, sink_pause=None):
         self.dut = dut
@@ -69,8 +71,10 @@ class MoldUdp64TB:
         # Constructed together, so both count the same clock edges.
         self.inputs = StreamMonitor(dut, "i_stream__", packet_layout())
         self.sink = StreamSink(dut, "o_stream__", self.layout, pause=sink_pause)
+        self.gaps = StreamSink(dut, "o_gap__", gap_layout, always_ready=True)
         self.model = MoldUdp64Model()
-        self.expected: list[tuple[int, bytes]] = []
+        self.expected: list[Delivered] = []
+        self.peaks: Counter = Counter()   # the largest value each counter showed at a check
         self.owners: list[tuple[int, int]] = []   # (datagram index, offset of the message's last byte)
         self.kinds: Counter = Counter()
         self.datagrams = 0
@@ -79,13 +83,13 @@ class MoldUdp64TB:
         await reset(self.dut)
 
     async def send(self, payload: bytes, kind: str = ""):
-        delivered = self.model.process(payload)
+        delivered = self.model.process_datagram(payload)
         # Map delivered messages to their datagram offsets (for latency), by sequence number.
         if delivered:
             first = moldudp64.HEADER.unpack(payload)["sequence_number"]
             ends = block_ends(payload)
-            for sequence, _ in delivered:
-                self.owners.append((self.datagrams, ends[sequence - first]))
+            for d in delivered:
+                self.owners.append((self.datagrams, ends[d.sequence_number - first]))
         self.expected += delivered
         self.kinds[kind] += 1
         self.datagrams += 1
@@ -109,17 +113,26 @@ class MoldUdp64TB:
         got = self.counters()
         assert got == self.model.counters, \
             f"counters differ {where}:\n card  {got}\n model {self.model.counters}"
+        for name, value in got.items():
+            self.peaks[name] = max(self.peaks[name], value)
         return got
+
+    def gap_events(self) -> list[GapEvent]:
+        return [GapEvent(b["session"].to_bytes(10, "little"), b["sequence_number"], b["message_count"])
+                for b in self.gaps.beats]
 
     def check(self) -> dict[str, int]:
         got_messages = self.sink.beats
         assert len(got_messages) == len(self.expected), \
             f"{len(got_messages)} messages out, model predicts {len(self.expected)}"
-        for k, (beat, (sequence, want)) in enumerate(zip(got_messages, self.expected)):
+        for k, (beat, (sequence, want, recovered)) in enumerate(zip(got_messages, self.expected)):
             data = beat["data"].to_bytes(itch.MAX_LENGTH, "little")[:beat["length"]]
-            got = (beat["sequence_number"], beat["length"], data)
-            assert got == (sequence, len(want), want), \
-                f"message {k}:\n got  {got[0]} {got[1]} {got[2].hex()}\n want {sequence} {len(want)} {want.hex()}"
+            got = (beat["sequence_number"], beat["length"], data, beat["recovered"])
+            assert got == (sequence, len(want), want, recovered), \
+                f"message {k}:\n got  {got[0]} {got[1]} {got[2].hex()} recovered={got[3]}\n" \
+                f" want {sequence} {len(want)} {want.hex()} recovered={int(recovered)}"
+        assert self.gap_events() == self.model.gap_events, \
+            f"gap events:\n card  {self.gap_events()}\n model {self.model.gap_events}"
         counters = self.check_counters("at the end")
         self.log.info("counters %s", counters)
         return counters
@@ -128,11 +141,13 @@ class MoldUdp64TB:
 def scenario(rng, steps: int) -> list[tuple[str, bytes]]:
     """Datagrams of one feed with every event the contract names: message runs of random sizes,
     heartbeats (in sequence and past a gap), end of session, gaps, whole and partial resends,
+    retransmissions that fill gaps (in order, starting inside a gap, running past a gap's end),
     session changes, truncated datagrams, block lengths below 12, fewer/more blocks than the
     count, trailing bytes, payloads shorter than the header."""
     session = SESSIONS[0]
     sequence = 1
     history: list[bytes] = []
+    missing: list[list[int]] = []   # [next, end) of the ranges skipped on purpose, not yet resent
     out: list[tuple[str, bytes]] = []
 
     def run(first: int, count: int | None = None, sizes=None) -> bytes:
@@ -151,13 +166,32 @@ def scenario(rng, steps: int) -> list[tuple[str, bytes]]:
 
     kinds = {"data": 30, "gap": 6, "heartbeat": 4, "heartbeat_gap": 3, "end_of_session": 2,
              "duplicate": 5, "overlap": 5, "session_change": 2, "truncated": 5, "block_short": 4,
-             "count_high": 3, "count_low": 3, "trailer": 3, "short_payload": 4}
+             "count_high": 3, "count_low": 3, "trailer": 3, "short_payload": 4,
+             "fill": 7, "fill_inside": 2, "fill_past": 2}
     names = list(kinds)
     for _ in range(steps):
         kind = rng.choices(names, weights=[kinds[n] for n in names])[0]
-        if kind in ("data", "gap", "trailer"):
+        if kind.startswith("fill"):
+            if not missing:
+                continue
+            gap = rng.choice(missing[-6:])
+            left = gap[1] - gap[0]
+            if kind == "fill":                      # the next missing messages, in order
+                p = run(gap[0], count=rng.randint(1, left))
+                gap[0] += count_of(p)
+            elif kind == "fill_inside" and left >= 2:  # starts past the next missing one
+                start = gap[0] + rng.randint(1, left - 1)
+                p = run(start, count=rng.randint(1, gap[1] - start))
+            else:                                   # the rest of the gap and beyond
+                p = run(gap[0], count=left + rng.randint(1, 5))
+                gap[0] = gap[1]
+            if gap[0] >= gap[1]:
+                missing.remove(gap)
+        elif kind in ("data", "gap", "trailer"):
             if kind == "gap":
-                sequence += rng.randint(1, 20)
+                skip = rng.randint(1, 20)
+                missing.append([sequence, sequence + skip])
+                sequence += skip
             p = run(sequence)
             sequence += count_of(p)
             history.append(p)
@@ -166,7 +200,9 @@ def scenario(rng, steps: int) -> list[tuple[str, bytes]]:
         elif kind == "heartbeat":
             p = header(session, sequence, moldudp64.HEARTBEAT_COUNT)
         elif kind == "heartbeat_gap":
-            sequence += rng.randint(1, 9)
+            skip = rng.randint(1, 9)
+            missing.append([sequence, sequence + skip])
+            sequence += skip
             p = header(session, sequence, moldudp64.HEARTBEAT_COUNT)
         elif kind == "end_of_session":
             p = header(session, sequence, moldudp64.END_OF_SESSION_COUNT)
@@ -182,6 +218,7 @@ def scenario(rng, steps: int) -> list[tuple[str, bytes]]:
             session = rng.choice([s for s in SESSIONS if s != session])
             sequence = rng.choice((1, rng.randint(1, 1000), (1 << 40) + rng.randint(0, 1 << 20)))
             history.clear()
+            missing.clear()
             p = run(sequence)
             sequence += count_of(p)
             history.append(p)
@@ -242,8 +279,53 @@ async def moldudp64_sequencing(dut):
     lanes = _lane_coverage(datagrams)
     tb.log.info("message blocks by lane of their last byte: %s", dict(sorted(lanes.items())))
     assert set(lanes) == set(range(8))
+    tb.log.info("gap events: %d, messages recovered: %d", len(tb.model.gap_events), counters["moldudp64.recovered"])
     for name in MOLDUDP64_COUNTERS:
-        assert counters[name] > 0, f"{name} never counted: the test did not exercise it"
+        assert tb.peaks[name] > 0, f"{name} never counted: the test did not exercise it"
+    assert tb.peaks["moldudp64.open_gaps"] == tb.model.max_open_gaps
+    assert any(d.recovered for d in tb.expected) and any(not d.recovered for d in tb.expected)
+
+
+@cocotb.test()
+async def moldudp64_gap_fill(dut):
+    """The gap rules step by step, with the numbers written out: a gap is reported and kept
+    open, filled in order (a retransmission starting inside the gap fills nothing), closed;
+    more open gaps than the table holds abandon the oldest; a new session abandons the rest."""
+    rng = rng_for(SEED, logger, "moldudp64_gap_fill")
+    tb = MoldUdp64TB(dut)
+    await tb.reset()
+    s0, s1 = SESSIONS[0], SESSIONS[1]
+
+    def msgs(n):
+        return [message(rng) for _ in range(n)]
+
+    async def step(payload, **want):
+        await tb.send(payload)
+        await tb.settle()
+        got = tb.check_counters()
+        for name, value in want.items():
+            assert got[f"moldudp64.{name}"] == value, f"moldudp64.{name} = {got[f'moldudp64.{name}']}, want {value}"
+
+    await step(moldudp64.pack(s0, 1, msgs(10)), messages=10, expected_sequence=11)
+    await step(moldudp64.pack(s0, 21, msgs(10)), messages=20, gaps=1, last_gap_first=11,
+               last_gap_count=10, open_gaps=1, expected_sequence=31)
+    await step(moldudp64.pack(s0, 11, msgs(5)), messages=25, recovered=5, open_gaps=1)
+    await step(moldudp64.pack(s0, 17, msgs(4)), messages=25, duplicates=4, late_datagrams=1, open_gaps=1)
+    await step(moldudp64.pack(s0, 16, msgs(10)), messages=30, recovered=10, duplicates=9, open_gaps=0)
+    # Five one-message gaps (31, 33, 35, 37, 39): the table holds four, 31 is abandoned.
+    for k in range(5):
+        await step(moldudp64.pack(s0, 32 + 2 * k, msgs(1)), gaps=2 + k)
+    await step(moldudp64.pack(s0, 31, msgs(1)), gaps_abandoned=1, open_gaps=4, duplicates=10)
+    await step(moldudp64.pack(s0, 35, msgs(1)), recovered=11, open_gaps=3)
+    # A heartbeat past the live edge opens a gap too.
+    await step(header(s0, 45, moldudp64.HEARTBEAT_COUNT), gaps=7, last_gap_first=41, last_gap_count=4,
+               open_gaps=4, expected_sequence=45)
+    await step(moldudp64.pack(s1, 1, msgs(3)), session_changes=1, gaps_abandoned=5, open_gaps=0)
+    await step(moldudp64.pack(s0, 33, msgs(1)), session_changes=2, messages=40)
+    tb.check()
+    assert [(e.session, e.sequence_number, e.message_count) for e in tb.gap_events()] == [
+        (s0, 11, 10), (s0, 31, 1), (s0, 33, 1), (s0, 35, 1), (s0, 37, 1), (s0, 39, 1), (s0, 41, 4)]
+    assert [d.sequence_number for d in tb.expected if d.recovered] == list(range(11, 21)) + [35]
 
 
 @cocotb.test()

@@ -7,7 +7,8 @@ import cocotb
 
 from ..hdl.itch import record_layout
 from ..hdl.trigger import intent_layout
-from .model import Record, RegisterFile, TriggerModel
+from ..protocols import itch
+from .model import Record, RegisterFile, TriggerModel, record_values
 from .stage_bench import StageTB
 from .tb import bench_seed, rng_for
 from .tb import StreamSource, cycle_pause
@@ -20,7 +21,6 @@ RECORDS_PER_RULE = 150
 
 RULE_REGISTERS = ("enable", "stock_locate", "side", "price_limit", "quantity")
 _PRINTABLE = [chr(c) for c in range(0x20, 0x7F)]
-_ALPHA_RECORD_FIELDS = ("message_type", "buy_sell_indicator", "stock", "attribution", "printable")
 
 
 class TB(StageTB):
@@ -58,30 +58,24 @@ def _alpha(rng, width: int) -> str:
 
 def random_record(rng, rule: dict[str, int]) -> Record:
     """A record aimed at ``rule``: mostly Add Orders (A, F) on its stock locate on both sides, prices
-    at, just inside and just outside the limit, shares around the rule's quantity; also other
-    types, other locates and other side characters."""
+    at, just inside and just outside the limit, shares around the rule's quantity; also every
+    other ITCH type, unknown type letters, other locates and other side characters. Fields the
+    trigger does not read are random."""
     limit, quantity = rule["price_limit"], rule["quantity"]
-    message_type = rng.choice(["A", "F"] * 6 + ["E", "C", "X", "D", "U", "P", "Q", "S", "a", "f"])
+    message_type = rng.choice(["A", "F"] * 12 + list(itch.MESSAGES) + ["a", "f", "Z"])
     locate = rule["stock_locate"] if rng.random() < 0.75 else rng.getrandbits(16)
     price = rng.choice([limit, limit, limit - 1, limit + 1, limit - rng.randint(0, 5000),
                         limit + rng.randint(0, 5000), rng.getrandbits(32), 0, 0xFFFFFFFF])
-    shares = rng.choice([quantity, quantity - 1, quantity + 1, 0, rng.randint(1, 1000), rng.getrandbits(32)])
-    return Record(
-        message_type=message_type, stock_locate=locate, tracking_number=rng.getrandbits(16),
-        timestamp=rng.getrandbits(48), order_reference_number=rng.getrandbits(64),
-        new_order_reference_number=rng.getrandbits(64),
+    shares = rng.choice([quantity, quantity - 1, quantity + 1, 0, rng.randint(1, 1000), rng.getrandbits(32),
+                         rng.getrandbits(64)])
+    record = {name: (_alpha(rng, width // 8) if name in itch.ALPHA_RECORD_FIELDS else rng.getrandbits(width))
+              for name, width in itch.RECORD_FIELDS.items() if name not in itch.SIDEBAND_FIELDS}
+    record.update(
+        message_type=message_type, stock_locate=locate,
         buy_sell_indicator=rng.choice(["B", "S"] * 4 + [" ", "b", "s", "X"]),
-        shares=min(max(shares, 0), 0xFFFFFFFF), price=min(max(price, 0), 0xFFFFFFFF),
-        stock=_alpha(rng, 8), match_number=rng.getrandbits(64), attribution=_alpha(rng, 4),
+        shares=min(max(shares, 0), (1 << 64) - 1), price=min(max(price, 0), 0xFFFFFFFF),
         printable=rng.choice("YN "))
-
-
-def record_fields(record: Record, sequence_number: int) -> dict[str, int]:
-    out = dict(record)
-    for name in _ALPHA_RECORD_FIELDS:
-        out[name] = int.from_bytes(record[name].encode("ascii"), "little")
-    out["sequence_number"] = sequence_number
-    return out
+    return Record(**record)  # type: ignore[typeddict-item]
 
 
 def intent_fields(intent, record: Record, sequence_number: int) -> dict[str, int]:
@@ -111,9 +105,10 @@ async def run_test_random(dut, *, backpressure: bool):
         await tb.cycles(2)
         records = [random_record(rng, rule) for _ in range(RECORDS_PER_RULE)]
         seqs = [rng.getrandbits(64) for _ in records]
+        late = [rng.random() < 0.1 for _ in records]
         expected = []
         for k, (record, seq) in enumerate(zip(records, seqs)):
-            intent = tb.model.process(record)
+            intent = tb.model.process(record, late[k])
             if record["message_type"] in "AF" and record["stock_locate"] == rule["stock_locate"]:
                 counts["A/F same locate"] += 1
             if intent is not None:
@@ -121,7 +116,7 @@ async def run_test_random(dut, *, backpressure: bool):
                 counts["limit equal fired"] += record["price"] == rule["price_limit"]
                 expected.append((sent + k, intent_fields(intent, record, seq)))
         first_out = len(tb.beats("o_stream__"))
-        await source.send(record_fields(r, s) for r, s in zip(records, seqs))
+        await source.send(record_values(r, s, x) for r, s, x in zip(records, seqs, late))
         sent += len(records)
         await tb.drain({"i_stream__": sent, "o_stream__": first_out + len(expected)})
         outputs = tb.beats("o_stream__")[first_out:]

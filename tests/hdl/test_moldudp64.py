@@ -4,7 +4,8 @@ import pytest
 
 from tickwire.sim.runner import run
 
-TESTS = ("moldudp64_sequencing", "moldudp64_backpressure", "moldudp64_densest", "moldudp64_latency")
+TESTS = ("moldudp64_sequencing", "moldudp64_gap_fill", "moldudp64_backpressure", "moldudp64_densest",
+         "moldudp64_latency")
 
 
 @pytest.mark.parametrize("testcase", TESTS)

@@ -11,8 +11,9 @@ from scapy.layers.l2 import Ether
 from tickwire.protocols import itch, moldudp64
 from tickwire.sim.defaults import DEFAULT_FEED, DEFAULT_REGISTERS
 from tickwire.sim.feed import (
-    MARKET_OPEN_NS, REFERENCE_PRICES, build_feed, datagrams, frames, generate_messages, int_to_ip,
-    int_to_mac, ip_to_int, ipv4_checksum, mac_to_int, multicast_mac, udp_frame,
+    DEFAULT_SYMBOLS, MARKET_OPEN_NS, REFERENCE_PRICES, build_feed, datagrams, feed_frames, frames,
+    generate_messages, int_to_ip, int_to_mac, ip_to_int, ipv4_checksum, iter_feed_frames,
+    mac_to_int, multicast_mac, symbol_table, udp_frame,
 )
 
 ADDRESSES = dict(src_mac="02:00:00:00:00:10", dst_mac="01:00:5e:36:0c:6f", src_ip="10.0.0.1",
@@ -209,3 +210,43 @@ def test_build_feed_defaults():
     assert build_feed() == records
     with pytest.raises(ValueError, match="unknown feed parameters"):
         build_feed({"cnt": 3})
+
+
+def _sorted_choice_messages(count, seed, symbols):
+    """generate_messages as it was written first: live orders picked from ``sorted(live)``."""
+    import random
+    from tickwire.sim import feed as feed_module
+    gen = feed_module._Generator(random.Random(seed), feed_module._symbol_map(symbols))
+    gen.pick_live = lambda: (lambda ref: (ref, gen.live[ref]))(
+        gen.rng.choice(sorted(gen.live.orders)))
+    out = [gen.system_event("O")]
+    out += [gen.stock_directory(s, locate) for s, locate in gen.symbols.items()]
+    while len(out) < count:
+        out.append(gen.next())
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2024])
+def test_live_order_index_picks_as_sorting_did(seed):
+    # The Fenwick-tree index of live orders keeps the feeds of every seed what they were.
+    assert generate_messages(5000, seed=seed) == _sorted_choice_messages(5000, seed, DEFAULT_SYMBOLS)
+
+
+def test_session_events_and_symbol_table():
+    table = symbol_table(40)
+    assert list(table)[:3] == ["AAPL", "MSFT", "NVDA"] and list(table.values()) == list(range(1, 41))
+    assert len(set(table)) == 40 and all(1 <= len(s) <= 8 for s in table)
+    msgs = decode_all(generate_messages(200, seed=1, symbols=symbol_table(4), session_events=True))
+    assert len(msgs) == 200
+    assert [m["event_code"] for m in msgs if m["message_type"] == "S"] == list("OSQMEC")
+    assert [m["message_type"] for m in msgs[:8]] == ["S", "R", "R", "R", "R", "S", "S", "A"]
+    assert [m["message_type"] for m in msgs[-3:]] == ["S", "S", "S"]
+    with pytest.raises(ValueError, match="at least 10"):
+        generate_messages(9, symbols=symbol_table(4), session_events=True)
+
+
+def test_iter_feed_frames_is_build_feed():
+    cfg = {**DEFAULT_FEED, "count": 500, "seed": 8}
+    messages = generate_messages(500, seed=8)
+    assert list(iter_feed_frames(messages, cfg)) == build_feed(cfg)
+    assert [f for _, f in iter_feed_frames(messages, cfg)] == feed_frames(messages, cfg)

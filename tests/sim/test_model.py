@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -12,9 +14,10 @@ from tickwire.protocols.risk import RejectReason
 from tickwire.sim.defaults import DEFAULT_FEED, DEFAULT_REGISTERS
 from tickwire.sim.feed import build_feed, generate_messages, udp_frame
 from tickwire.sim.model import (
-    COUNTER_NAMES, ItchModel, MacRxModel, MacTxModel, MoldUdp64Model, NetRxModel, NetTxModel,
-    OuchModel, PipelineModel, RegisterFile, RiskModel, TriggerModel, cl_ord_id, fcs, itch_decode,
-    ouch_encode, with_fcs,
+    COUNTER_NAMES, Delivered, GapEvent, ItchModel, MacRxModel, MacTxModel, MarketDataModel, MoldUdp64Model,
+    NetRxModel, NetTxModel,
+    OuchModel, PipelineModel, Record, RegisterFile, RiskModel, TriggerModel, cl_ord_id, fcs, itch_decode,
+    ouch_encode, record_values, with_fcs,
 )
 
 GROUP_MAC = "01:00:5e:36:0c:6f"  # 233.54.12.111 -> 01:00:5e + 0x360c6f
@@ -220,16 +223,98 @@ def test_moldudp64_malformed():
     assert (c["moldudp64.malformed"], c["moldudp64.messages"], c["moldudp64.truncated"]) == (2, 1, 0)
 
 
+def test_moldudp64_gap_is_reported_kept_open_and_filled_in_order():
+    model = MoldUdp64Model()
+    model.process(mold(1, M[:3]))
+    assert model.process(mold(7, M[6:8])) == [(7, M[6]), (8, M[7])]       # 4, 5, 6 missing
+    assert model.gap_events == [GapEvent(b"SESSION001", 4, 3)]
+    assert model.open_gaps == [[4, 7]] and model.counters["moldudp64.open_gaps"] == 1
+    assert model.process_datagram(mold(5, M[4:6])) == []                  # starts inside: no fill
+    assert model.counters["moldudp64.duplicates"] == 2
+    assert model.process_datagram(mold(4, M[3:8])) == [                   # 4..8: 7, 8 were live
+        Delivered(4, M[3], True), Delivered(5, M[4], True), Delivered(6, M[5], True)]
+    c = model.counters
+    assert (c["moldudp64.recovered"], c["moldudp64.messages"], c["moldudp64.duplicates"],
+            c["moldudp64.open_gaps"], c["moldudp64.expected_sequence"]) == (3, 8, 4, 0, 9)
+    assert model.open_gaps == []
+
+
+def test_moldudp64_heartbeat_gap_can_be_filled():
+    model = MoldUdp64Model()
+    model.process(mold(1, M[:1]))
+    model.process(mold(4, []))                                           # 2, 3 missing
+    assert model.gap_events == [GapEvent(b"SESSION001", 2, 2)]
+    assert model.process(mold(2, M[1:3])) == [(2, M[1]), (3, M[2])]
+    assert model.counters["moldudp64.recovered"] == 2 and model.open_gaps == []
+
+
+def test_moldudp64_too_many_open_gaps_abandon_the_oldest():
+    model = MoldUdp64Model(max_open_gaps=2)
+    for first in (1, 3, 5, 7):                                           # 2, 4, 6 missing
+        model.process(mold(first, M[:1]))
+    assert model.open_gaps == [[4, 5], [6, 7]]
+    assert model.counters["moldudp64.gaps_abandoned"] == 1
+    assert model.process(mold(2, M[:1])) == []                           # abandoned: a duplicate
+    assert model.process(mold(6, M[:1])) == [(6, M[0])]
+    assert model.process(mold(1, M[:1], session="SESSION002")) == [(1, M[0])]
+    c = model.counters
+    assert (c["moldudp64.gaps_abandoned"], c["moldudp64.open_gaps"], c["moldudp64.duplicates"]) == (2, 0, 1)
+
+
+def test_moldudp64_late_datagrams():
+    model = MoldUdp64Model()
+    model.process(mold(1, M[:3]))
+    model.process(mold(1, M[:3]))                                        # all duplicates: late
+    model.process(mold(2, M[1:5]))                                       # some new: not late
+    model.process(mold(4, []))                                           # heartbeat: no messages
+    model.process(mold(1, M[:3])[:-1] + b"")                             # 2 whole messages, both old
+    packet = bytearray(mold(1, M[:1]))
+    packet[20:22] = (3).to_bytes(2, "big")                               # malformed first block
+    model.process(bytes(packet))
+    assert model.counters["moldudp64.late_datagrams"] == 2
+
+
+def test_market_data_model_a_b_lines():
+    """The same datagram on both lines: the first copy delivers, the other is late; line B has
+    its own filter registers and counters."""
+    from tickwire.sim.defaults import FEED_GROUP_B
+    model = MarketDataModel()
+    payload = mold(1, M[:2])
+    frame_a = with_fcs(feed_frame(payload))
+    frame_b = with_fcs(feed_frame(payload, dst_ip=FEED_GROUP_B, dst_mac="01:00:5e:36:0c:70"))
+    assert [d.sequence_number for d, _ in model.receive(frame_b, line="b")] == [1, 2]
+    assert model.receive(frame_a, line="a") == []
+    assert model.receive(frame_a, line="b") == []                        # A's group on line B
+    c = model.counters
+    assert (c["net_rx.frames_accepted"], c["net_rx_b.frames_accepted"], c["net_rx_b.drop_mac"],
+            c["moldudp64.duplicates"], c["moldudp64.late_datagrams"], c["itch.decoded"]) == (1, 1, 1, 2, 1, 2)
+    assert [d.recovered for d, _ in model.inject(mold(3, M[2:3]))] == [False]
+    with pytest.raises(ValueError, match="line"):
+        model.receive(frame_a, line="c")
+
+
 # -- itch ----------------------------------------------------------------------------------
+
+#: A record with every field unused, as ``itch_decode`` leaves the fields a type does not have.
+BLANK = {name: "" if name in itch.ALPHA_RECORD_FIELDS else 0
+         for name in itch.RECORD_FIELDS if name not in itch.SIDEBAND_FIELDS}
+HEADER = dict(stock_locate=7, tracking_number=3, timestamp=34_200_000_000_001)
+
+
+def test_record_type_lists_every_record_field():
+    hints = typing.get_type_hints(Record)
+    assert list(hints) == [n for n in itch.RECORD_FIELDS if n not in itch.SIDEBAND_FIELDS]
+    for name, kind in hints.items():
+        assert (kind is str) == (name in itch.ALPHA_RECORD_FIELDS), name
+
 
 def test_itch_decodes_add_order():
     msg = add_order(type_="F", attribution="GSCO")
     assert itch_decode(msg) == {
-        "message_type": "F", "stock_locate": 1, "tracking_number": 0,
+        **BLANK, "message_type": "F", "stock_locate": 1, "tracking_number": 0,
         "timestamp": 34_200_000_000_000, "order_reference_number": 42,
-        "new_order_reference_number": 0, "buy_sell_indicator": "S", "shares": 300,
-        "price": 1_899_600, "stock": AAPL, "match_number": 0, "attribution": "GSCO",
-        "printable": " "}
+        "buy_sell_indicator": "S", "shares": 300, "price": 1_899_600, "stock": AAPL,
+        "attribution": "GSCO"}
 
 
 def test_itch_record_sources_per_type():
@@ -238,9 +323,9 @@ def test_itch_record_sources_per_type():
     assert (e["order_reference_number"], e["shares"], e["match_number"], e["price"]) == (7, 50, 99, 0)
     c = itch_decode(itch.pack("C", order_reference_number=7, executed_shares=5, match_number=3,
                               printable="N", execution_price=1234))
-    assert (c["shares"], c["price"], c["printable"], c["stock"]) == (5, 1234, "N", " " * 8)
+    assert (c["shares"], c["price"], c["printable"], c["stock"]) == (5, 1234, "N", "")
     x = itch_decode(itch.pack("X", order_reference_number=7, cancelled_shares=25))
-    assert (x["shares"], x["buy_sell_indicator"]) == (25, " ")
+    assert (x["shares"], x["buy_sell_indicator"]) == (25, "")
     u = itch_decode(itch.pack("U", original_order_reference_number=7,
                               new_order_reference_number=8, shares=10, price=5000))
     assert (u["order_reference_number"], u["new_order_reference_number"], u["shares"],
@@ -249,16 +334,93 @@ def test_itch_record_sources_per_type():
     assert (d["message_type"], d["order_reference_number"], d["shares"]) == ("D", 7, 0)
 
 
+# Hand-worked records for the types beyond the order book (contract section "itch", record table).
+
+def test_itch_decodes_system_event_and_stock_directory():
+    assert itch_decode(itch.pack("S", **HEADER, event_code="Q")) == {
+        **BLANK, "message_type": "S", **HEADER, "code_1": "Q"}
+    r = itch.pack("R", **HEADER, stock="MSFT", market_category="Q", financial_status_indicator="N",
+                  round_lot_size=100, round_lots_only="N", issue_classification="C",
+                  issue_sub_type="Z", authenticity="P", short_sale_threshold_indicator="N",
+                  ipo_flag=" ", luld_reference_price_tier="1", etp_flag="N",
+                  etp_leverage_factor=2, inverse_indicator="Y")
+    assert itch_decode(r) == {
+        **BLANK, "message_type": "R", **HEADER, "stock": "MSFT    ", "code_1": "Q", "code_2": "N",
+        "value_1": 100, "code_3": "N", "code_4": "C", "text": "Z ", "code_5": "P", "code_6": "N",
+        "code_7": " ", "code_8": "1", "code_9": "N", "value_2": 2, "code_10": "Y"}
+
+
+def test_itch_decodes_trading_action_and_market_participant():
+    h = itch.pack("H", **HEADER, stock="AAPL", trading_state="H", reserved=" ", reason="LUDP")
+    assert itch_decode(h) == {**BLANK, "message_type": "H", **HEADER, "stock": AAPL,
+                              "code_1": "H", "code_2": " ", "text": "LUDP"}
+    m = itch.pack("L", **HEADER, mpid="GSCO", stock="AAPL", primary_market_maker="Y",
+                  market_maker_mode="N", market_participant_state="A")
+    assert itch_decode(m) == {**BLANK, "message_type": "L", **HEADER, "attribution": "GSCO",
+                              "stock": AAPL, "code_1": "Y", "code_2": "N", "code_3": "A"}
+
+
+def test_itch_decodes_circuit_breaker_and_luld_collar():
+    v = itch.pack("V", **HEADER, level_1=1 << 40, level_2=(1 << 64) - 1, level_3=5)
+    assert itch_decode(v) == {**BLANK, "message_type": "V", **HEADER, "value_1": 1 << 40,
+                              "value_2": (1 << 64) - 1, "value_3": 5}
+    j = itch.pack("J", **HEADER, stock="AAPL", auction_collar_reference_price=1_000_000,
+                  upper_auction_collar_price=1_100_000, lower_auction_collar_price=900_000,
+                  auction_collar_extension=2)
+    assert itch_decode(j) == {**BLANK, "message_type": "J", **HEADER, "stock": AAPL,
+                              "price": 1_000_000, "price_2": 1_100_000, "price_3": 900_000,
+                              "value_1": 2}
+
+
+def test_itch_decodes_trades_and_imbalance():
+    q = itch.pack("Q", **HEADER, shares=(1 << 64) - 2, stock="AAPL", cross_price=1_900_000,
+                  match_number=77, cross_type="O")
+    assert itch_decode(q) == {**BLANK, "message_type": "Q", **HEADER, "shares": (1 << 64) - 2,
+                              "stock": AAPL, "price": 1_900_000, "match_number": 77,
+                              "cross_type": "O"}
+    p = itch.pack("P", **HEADER, order_reference_number=0, buy_sell_indicator="B", shares=10,
+                  stock="AAPL", price=5, match_number=78)
+    assert itch_decode(p) == {**BLANK, "message_type": "P", **HEADER, "buy_sell_indicator": "B",
+                              "shares": 10, "stock": AAPL, "price": 5, "match_number": 78}
+    assert itch_decode(itch.pack("B", **HEADER, match_number=78)) == {
+        **BLANK, "message_type": "B", **HEADER, "match_number": 78}
+    i = itch.pack("I", **HEADER, paired_shares=1 << 33, imbalance_shares=500,
+                  imbalance_direction="B", stock="AAPL", far_price=1, near_price=2,
+                  current_reference_price=3, cross_type="C", price_variation_indicator="L")
+    assert itch_decode(i) == {**BLANK, "message_type": "I", **HEADER, "shares": 1 << 33,
+                              "value_1": 500, "code_1": "B", "stock": AAPL, "price": 1,
+                              "price_2": 2, "price_3": 3, "cross_type": "C", "code_2": "L"}
+
+
+def test_itch_decodes_direct_listing_price_discovery():
+    o = itch.pack("O", **HEADER, stock="AAPL", open_eligibility_status="Y",
+                  minimum_allowable_price=10, maximum_allowable_price=20, near_execution_price=15,
+                  near_execution_time=34_500_000_000_000, lower_price_range_collar=12,
+                  upper_price_range_collar=18)
+    assert itch_decode(o) == {**BLANK, "message_type": "O", **HEADER, "stock": AAPL,
+                              "code_1": "Y", "price": 10, "price_2": 20, "price_3": 15,
+                              "value_1": 34_500_000_000_000, "price_4": 12, "price_5": 18}
+
+
+def test_itch_alpha_bytes_survive_and_record_values_are_wire_order():
+    a = itch_decode(add_order(stock=b"\xffAB"))
+    assert a["stock"] == "\xffAB     "
+    values = record_values(a, sequence_number=9)
+    assert values["stock"] == int.from_bytes(b"\xffAB     ", "little")
+    assert (values["message_type"], values["buy_sell_indicator"]) == (ord("A"), ord("S"))
+    assert (values["attribution"], values["sequence_number"], values["shares"]) == (0, 9, 300)
+    assert set(values) == set(itch.RECORD_FIELDS)
+
+
 def test_itch_counters():
     model = ItchModel()
     assert model.process(add_order()) is not None
-    assert model.process(itch.pack("S", event_code="O")) is None          # known, skipped
-    assert model.process(itch.pack("I")) is None
+    assert model.process(itch.pack("S", event_code="O"))["code_1"] == "O"
+    assert model.process(itch.pack("I"))["message_type"] == "I"
     assert model.process(b"Z" + bytes(20)) is None                         # unknown type
     assert model.process(add_order()[:-1]) is None                         # A is 36 bytes
     assert model.process(itch.pack("S") + b"\x00") is None                 # S is 12 bytes
-    assert model.counters == {"itch.decoded": 1, "itch.skipped": 2, "itch.unknown_type": 1,
-                              "itch.bad_length": 2}
+    assert model.counters == {"itch.decoded": 3, "itch.unknown_type": 1, "itch.bad_length": 2}
 
 
 # -- trigger -------------------------------------------------------------------------------
@@ -279,6 +441,24 @@ def test_trigger_buy_rule_fires_on_cheap_sells():
     assert trigger(add_order("S", 1_899_600, locate=2), **regs) is None    # other stock
     assert trigger(add_order("S", 1_899_600), **regs, **{"trigger.enable": 0}) is None
     assert trigger(itch.pack("U", stock_locate=1, price=1), **regs) is None  # not an add
+
+
+def test_trigger_fires_on_add_orders_only():
+    regs = {"trigger.side": ord("B"), "trigger.price_limit": 1_900_000,
+            "trigger.quantity": 100, "trigger.stock_locate": 1}
+    # a Trade (P) looks like a cheap sell on the rule's stock, but is not an add
+    assert trigger(itch.pack("P", stock_locate=1, buy_sell_indicator="S", shares=300,
+                             stock="AAPL", price=1_000), **regs) is None
+    for type_ in sorted(set(itch.MESSAGES) - {"A", "F"}):
+        assert trigger(itch.pack(type_, stock_locate=1), **regs) is None, type_
+
+
+def test_trigger_never_fires_on_a_recovered_message():
+    regs = RegisterFile({"trigger.side": ord("B"), "trigger.price_limit": 1_900_000,
+                         "trigger.quantity": 100, "trigger.stock_locate": 1})
+    record = itch_decode(add_order("S", 1_899_600, 300))
+    assert TriggerModel(regs).process(record) is not None
+    assert TriggerModel(regs).process(record, recovered=True) is None
 
 
 def test_trigger_sell_rule_fires_on_rich_buys():
@@ -403,7 +583,7 @@ def test_mac_tx_pads_and_appends_fcs():
 
 def test_pipeline_counter_names_are_the_contract_ro_registers():
     assert list(PipelineModel().counters) == list(COUNTER_NAMES)
-    assert len(COUNTER_NAMES) == len(set(COUNTER_NAMES)) == 38
+    assert len(COUNTER_NAMES) == len(set(COUNTER_NAMES)) == 58
     assert all(v == 0 for v in PipelineModel().counters.values())
 
 
@@ -468,7 +648,7 @@ def test_pipeline_default_feed_end_to_end():
     assert c["mac_rx.frames_ok"] == c["net_rx.frames_accepted"] == len(records)
     assert c["moldudp64.messages"] == DEFAULT_FEED["count"]
     assert c["moldudp64.expected_sequence"] == DEFAULT_FEED["count"] + 1
-    assert c["itch.decoded"] + c["itch.skipped"] == DEFAULT_FEED["count"]
+    assert c["itch.decoded"] == DEFAULT_FEED["count"]
     assert c["itch.unknown_type"] == c["itch.bad_length"] == 0
     # the demo shows both outcomes
     assert c["risk.accepted"] > 0 and c["risk.rejected_notional"] > 0

@@ -114,14 +114,8 @@ class MarketDataTop(wiring.Component):
         self.path = MarketDataPath(rx_buffer_words=rx_buffer_words)
         self.stages = {"id": self.identity, **self.path.stages}
         self.bank = CsrBank([(name, stage.registers) for name, stage in self.stages.items()])
-        super().__init__({
-            "feed_rx": In(XgmiiSignature()),
-            "feed_rx_b": In(XgmiiSignature()),
-            "i_inject": In(stream.Signature(packet_layout())),
-            "o_records": Out(stream.Signature(record_layout)),
-            "o_gap": Out(stream.Signature(gap_layout, always_ready=True)),
-            "csr": In(CsrBusSignature()),
-        })
+        # The path's ports, passed through, and the register bus.
+        super().__init__({**self.path.signature.members, "csr": In(CsrBusSignature())})
 
     def elaborate(self, platform):
         m = Module()
@@ -131,8 +125,6 @@ class MarketDataTop(wiring.Component):
         connect(m, wiring.flipped(self.csr), self.bank.bus)
         for name, stage in self.stages.items():
             connect(m, getattr(self.bank, name), stage.regs)
-        for port in ("feed_rx", "feed_rx_b", "i_inject"):
+        for port in self.path.signature.members:
             connect(m, wiring.flipped(getattr(self, port)), getattr(self.path, port))
-        for port in ("o_records", "o_gap"):
-            connect(m, getattr(self.path, port), wiring.flipped(getattr(self, port)))
         return m

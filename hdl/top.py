@@ -1,7 +1,7 @@
 """The whole appliance: feed ports A and B (XGMII) in, order port XGMII out, one register bus."""
 
 from amaranth.hdl import Module, Signal
-from amaranth.lib import wiring, fifo, stream
+from amaranth.lib import wiring, fifo
 from amaranth.lib.wiring import In, Out, connect
 
 from .csr import CsrBank, CsrBusSignature, Register, registers_signature
@@ -9,13 +9,14 @@ from .mac import MacTx, XgmiiSignature
 from .net import NetTx
 from .market_data import MarketDataPath
 from .symbols import SymbolDirectory
-from .moldudp64 import gap_layout
-from .packet import packet_layout
 from .trigger import Trigger, intent_layout
 from .risk import Risk
 from .ouch import OuchEncoder, ENTER_ORDER_PACKET_LENGTH
 
-__all__ = ["Appliance", "Identity", "STAGE_ORDER", "CLOCK_HZ"]
+__all__ = ["Appliance", "Identity", "STAGE_ORDER", "CLOCK_HZ", "FEED_PORTS"]
+
+#: Ports of the market-data path that are the appliance's own ports too.
+FEED_PORTS = ("feed_rx", "feed_rx_b", "i_inject", "o_gap")
 
 #: Core clock of the 64-bit datapath at 10 Gb/s (XGMII 64-bit at 156.25 MHz).
 CLOCK_HZ = 156_250_000
@@ -109,11 +110,10 @@ class Appliance(wiring.Component):
                   "risk": self.risk, "ouch": self.ouch, "net_tx": self.net_tx, "mac_tx": self.mac_tx}
         self.stages = {name: stages[name] for name in STAGE_ORDER}
         self.bank = CsrBank([(name, stage.registers) for name, stage in self.stages.items()])
+        # The market-data path's feed-side ports pass through; its records stay inside.
+        feed_side = {n: v for n, v in self.market_data.signature.members.items() if n in FEED_PORTS}
         super().__init__({
-            "feed_rx": In(XgmiiSignature()),
-            "feed_rx_b": In(XgmiiSignature()),
-            "i_inject": In(stream.Signature(packet_layout())),
-            "o_gap": Out(stream.Signature(gap_layout, always_ready=True)),
+            **feed_side,
             "order_tx": Out(XgmiiSignature()),
             "csr": In(CsrBusSignature()),
         })
@@ -129,9 +129,8 @@ class Appliance(wiring.Component):
         for name, stage in self.stages.items():
             connect(m, getattr(self.bank, name), stage.regs)
 
-        for port in ("feed_rx", "feed_rx_b", "i_inject"):
+        for port in FEED_PORTS:
             connect(m, wiring.flipped(getattr(self, port)), getattr(self.market_data, port))
-        connect(m, self.market_data.o_gap, wiring.flipped(self.o_gap))
         connect(m, self.market_data.o_records, self.symbols.i_stream)
         connect(m, self.symbols.o_stream, self.trigger.i_stream)
         connect(m, self.trigger.o_stream, self.risk.i_stream)

@@ -21,6 +21,7 @@ def test_top_random_feeds(seed):
 
 def test_demo_cli(tmp_path):
     """``tickwire demo`` prints measured figures and writes pcaps that scapy reads back."""
+    import scapy.layers.inet  # noqa: F401  (registers Ether/IP/UDP with the pcap reader)
     from scapy.utils import rdpcap
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "tickwire.host.cli", "demo", "--out", str(out)],

@@ -41,14 +41,6 @@ def map_file(tmp_path):
     return path
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    logger = logging.getLogger("tickwire")
-    level = logger.level
-    yield
-    logger.setLevel(level)
-
-
 def _fake_module(monkeypatch, name, **functions):
     """Put a stand-in for a lazily imported module in ``sys.modules``; returns the calls made."""
     calls = []

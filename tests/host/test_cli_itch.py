@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
-
-import pytest
 
 from tickwire.host import cli
 from tickwire.protocols import itch
 from tickwire.sim import pcap
 from tickwire.sim.itchfile import read_raw_itch
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    logger = logging.getLogger("tickwire")
-    level = logger.level
-    yield
-    logger.setLevel(level)
 
 
 def _gen(path, messages=3000, symbols=5, seed=3):

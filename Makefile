@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV = .venv
 
-.PHONY: demo test bench clean distclean
+.PHONY: demo test bench rdma clean distclean
 
 # The virtual environment with tickwire installed editable and the development tools; rebuilt when
 # pyproject.toml changes.
@@ -24,6 +24,25 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m tickwire.sim.bench
+
+# pyverbs for the rdma driver: rdma-core's Debian package, linked into the virtual environment.
+# Does nothing (and succeeds) where apt-get is missing or cannot install it; nothing else needs it.
+rdma: $(VENV)/.installed
+	@if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make rdma: no apt-get: the rdma driver stays unavailable" >&2; exit 0; fi; \
+	if ! dpkg -s python3-pyverbs >/dev/null 2>&1; then \
+	  { apt-get install -y python3-pyverbs || { apt-get update && apt-get install -y python3-pyverbs; }; } \
+	    >/dev/null 2>&1 || { echo "make rdma: apt-get cannot install python3-pyverbs: the rdma driver stays unavailable" >&2; exit 0; }; fi; \
+	site=$$($(VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+	ln -sfn /usr/lib/python3/dist-packages/pyverbs "$$site/pyverbs"; \
+	$(VENV)/bin/python -c "import pyverbs.device" && echo "make rdma: pyverbs importable from $(VENV)"
+
+# The ECPIX-5 bitstream with the open flow (yosys, nextpnr-ecp5, ecppack from PyPI) into
+# build/boards/ecpix5, failing when timing is not met; and the KCU105 Vivado project. Slow: the
+# ECP5 place and route takes many minutes on two cores.
+bitstream: $(VENV)/.installed
+	$(VENV)/bin/tickwire -v build --board ecpix5 --out build/boards/ecpix5
+	$(VENV)/bin/tickwire -v build --board kcu105 --out build/boards/kcu105
 
 # Build outputs and caches; the virtual environment stays (see distclean).
 clean:

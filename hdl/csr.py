@@ -17,7 +17,7 @@ WORD_BITS = 32
 WINDOW_WORDS = 64
 REGMAP_FORMAT = "tickwire-regmap"
 #: Bumped whenever the register layout changes incompatibly; checked by the host at connect.
-REGMAP_VERSION = 2
+REGMAP_VERSION = 3
 MAGIC = int.from_bytes(b"TWIR", "big")
 
 
@@ -28,6 +28,13 @@ class Register:
     ``rw`` registers are stored in the bank and are inputs of the stage; ``ro`` registers are
     outputs of the stage (counters, status). ``strobe`` gives an ``rw`` register a one-cycle
     ``<name>_stb`` input pulse on every host write (for values the stage loads into its own state).
+
+    ``indexed_by`` names another register of the same stage that selects an entry of a table
+    inside the stage (a slot, a session): the register reads and writes that entry. An indexed
+    ``rw`` register must have ``strobe`` (the stage stores the bank's value into the selected
+    entry on the strobe) and gets a ``<name>_readback`` output: the selected entry's stored value,
+    which the bank returns on a host read instead of the last value written. An indexed ``ro``
+    register is just an output the stage drives from the selected entry.
     """
 
     name: str
@@ -36,6 +43,7 @@ class Register:
     description: str
     reset: int = 0
     strobe: bool = False
+    indexed_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.access not in ("rw", "ro"):
@@ -44,6 +52,8 @@ class Register:
             raise ValueError(f"register {self.name!r}: width must be 1..64, not {self.width!r}")
         if self.strobe and self.access != "rw":
             raise ValueError(f"register {self.name!r}: only rw registers have a write strobe")
+        if self.indexed_by is not None and self.access == "rw" and not self.strobe:
+            raise ValueError(f"register {self.name!r}: an indexed rw register needs strobe=True")
 
     @property
     def words(self) -> int:
@@ -57,6 +67,8 @@ def registers_signature(registers) -> wiring.Signature:
         members[r.name] = In(r.width) if r.access == "rw" else Out(r.width)
         if r.strobe:
             members[f"{r.name}_stb"] = In(1)
+        if r.indexed_by is not None and r.access == "rw":
+            members[f"{r.name}_readback"] = Out(r.width)
     return wiring.Signature(members)
 
 
@@ -127,6 +139,12 @@ class CsrBank(wiring.Component):
                     "size": r.words, "width": r.width, "access": r.access, "reset": r.reset,
                     "description": r.description,
                 }
+                if r.indexed_by is not None:
+                    names = {other.name for other in regs}
+                    if r.indexed_by not in names:
+                        raise ValueError(f"register {stage}.{r.name} is indexed by "
+                                         f"{r.indexed_by!r}, which stage {stage!r} does not have")
+                    out[f"{stage}.{r.name}"]["indexed_by"] = f"{stage}.{r.indexed_by}"
                 offset += r.words
         return out
 
@@ -148,7 +166,10 @@ class CsrBank(wiring.Component):
                         hi = min(r.width, lo + WORD_BITS)
                         with m.If(bus.w_stb & (bus.addr == base + w)):
                             m.d.sync += store[lo:hi].eq(bus.w_data[:hi - lo])
-                        read_cases.append((base + w, store[lo:hi]))
+                        if r.indexed_by is not None:
+                            read_cases.append((base + w, getattr(port, f"{r.name}_readback")[lo:hi]))
+                        else:
+                            read_cases.append((base + w, store[lo:hi]))
                     if r.strobe:
                         # High the cycle after a write to any word of the register, when
                         # ``store`` already holds the new value.
@@ -207,7 +228,8 @@ def regmap_markdown(doc: dict) -> str:
             lines += ["", f"## {stage}", "", "| address | register | width | access | reset | description |",
                       "|---|---|---|---|---|---|"]
         lines.append(f"| 0x{r['address']:03X} | `{name}` | {r['width']} | {r['access']} | "
-                     f"0x{r['reset']:X} | {r['description']} |")
+                     f"0x{r['reset']:X} | {r['description']}"
+                     + (f" Indexed by `{r['indexed_by']}`." if r.get("indexed_by") else "") + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ from .moldudp64 import MoldUdp64, gap_layout
 from .net import NetRx
 from .packet import packet_layout
 
-__all__ = ["MarketDataPath", "MarketDataTop", "MARKET_DATA_STAGES", "ARBITER_INPUTS"]
+__all__ = ["MarketDataPath", "MarketDataTop", "BookTop", "MARKET_DATA_STAGES", "ARBITER_INPUTS"]
 
 #: The stages of the path with registers. Line A's stages and the sequencer come first in
 #: pipeline order; line B's MAC and filter follow, so the windows line A had before line B
@@ -127,4 +127,59 @@ class MarketDataTop(wiring.Component):
             connect(m, getattr(self.bank, name), stage.regs)
         for port in self.path.signature.members:
             connect(m, wiring.flipped(getattr(self, port)), getattr(self.path, port))
+        return m
+
+
+class BookTop(wiring.Component):
+    """The market-data path, the symbol directory and the order book with their own register bus:
+    the top level of ``tickwire sim book`` (the native replay harness with top-of-book records
+    out) and of the order-book tests on a real feed.
+
+    Parameters
+    ----------
+    book : dict
+        Keyword arguments of :class:`tickwire.hdl.book.Book` (defaults: the appliance's).
+
+    Members
+    -------
+    feed_rx, feed_rx_b, i_inject, o_gap, csr
+        As :class:`MarketDataTop`.
+    o_records : Out(stream.Signature(tickwire.hdl.book.bbo_layout))
+        Top-of-book records.
+    o_event : Out(stream.Signature(tickwire.hdl.book.book_event_layout, always_ready=True))
+    """
+
+    def __init__(self, *, rx_buffer_words: int = 512, book: dict | None = None):
+        from .top import Identity
+        from .symbols import SymbolDirectory
+        from .book import Book, bbo_layout, book_event_layout
+        self.identity = Identity()
+        self.path = MarketDataPath(rx_buffer_words=rx_buffer_words)
+        self.book = Book(**(book or {}))
+        self.symbols = SymbolDirectory(slots=self.book.slots)
+        self.stages = {"id": self.identity, **self.path.stages, "symbols": self.symbols, "book": self.book}
+        self.bank = CsrBank([(name, stage.registers) for name, stage in self.stages.items()])
+        feed_side = {n: v for n, v in self.path.signature.members.items() if n != "o_records"}
+        super().__init__({**feed_side, "csr": In(CsrBusSignature()),
+                          "o_records": Out(stream.Signature(bbo_layout)),
+                          "o_event": Out(stream.Signature(book_event_layout, always_ready=True))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.identity = self.identity
+        m.submodules.path = self.path
+        m.submodules.symbols = self.symbols
+        m.submodules.book = self.book
+        m.submodules.csr_bank = self.bank
+        connect(m, wiring.flipped(self.csr), self.bank.bus)
+        for name, stage in self.stages.items():
+            connect(m, getattr(self.bank, name), stage.regs)
+        for port in self.path.signature.members:
+            if port != "o_records":
+                connect(m, wiring.flipped(getattr(self, port)), getattr(self.path, port))
+        connect(m, self.path.o_records, self.symbols.i_stream)
+        connect(m, self.symbols.o_stream, self.book.i_stream)
+        connect(m, self.book.o_stream, wiring.flipped(self.o_records))
+        connect(m, self.book.o_event, wiring.flipped(self.o_event))
+        m.d.comb += self.book.query.slot.eq(0)
         return m

@@ -1,9 +1,10 @@
 """Packet stream payload shared by the 64-bit datapath stages."""
 
-from amaranth.hdl import Cat, Const
-from amaranth.lib import data
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
 
-__all__ = ["packet_layout", "byte_lane", "be_value", "MAX_PACKET_LENGTH"]
+__all__ = ["packet_layout", "byte_lane", "be_value", "MAX_PACKET_LENGTH", "PacketGather"]
 
 #: Longest packet (bytes) a ``length`` field has to carry.
 MAX_PACKET_LENGTH = 0xFFFF
@@ -41,3 +42,55 @@ def ascii_const(text: str, width: int) -> Const:
     """An alpha field as a constant: bytes in wire order, first character in bits [7:0]."""
     raw = text.encode("ascii").ljust(width, b" ")
     return Const(int.from_bytes(raw, "little"), 8 * width)
+
+
+class PacketGather(wiring.Component):
+    """Collects a packet stream into one payload record (``data`` + ``length``), for stages that
+    take a whole short payload at once (``tickwire.hdl.net.NetTx``).
+
+    Parameters
+    ----------
+    max_payload : int
+        Largest packet in bytes; longer packets are cut there (``length`` says so).
+
+    Members
+    -------
+    i_stream : In(stream.Signature(packet_layout()))
+    o_stream : Out(stream.Signature(data.StructLayout({"data": 8 * max_payload, "length": 16})))
+
+    Latency
+    -------
+    The record is valid the cycle after the packet's last beat is taken (tests/hdl/test_packet_gather.py).
+    """
+
+    def __init__(self, *, max_payload: int):
+        if not 1 <= max_payload <= 1472:
+            raise ValueError(f"max_payload must be 1..1472, not {max_payload!r}")
+        self.max_payload = max_payload
+        super().__init__({
+            "i_stream": In(stream.Signature(packet_layout())),
+            "o_stream": Out(stream.Signature(data.StructLayout({"data": 8 * max_payload, "length": 16}))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i_stream, self.o_stream
+        beats = (self.max_payload + 7) // 8
+        buffer = Signal(64 * beats)
+        index = Signal(range(beats + 1))
+        m.d.comb += i.ready.eq(~o.valid | o.ready)
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(i.valid & i.ready):
+            with m.Switch(index):
+                for k in range(beats):
+                    with m.Case(k):
+                        m.d.sync += buffer.word_select(k, 64).eq(i.payload.data)
+            m.d.sync += index.eq(Mux(index == beats, index, index + 1))
+            with m.If(i.payload.last):
+                m.d.sync += [index.eq(0), o.valid.eq(1),
+                             o.payload.length.eq(Mux(i.payload.length > self.max_payload, self.max_payload,
+                                                     i.payload.length))]
+        # The bytes of the beat taken with ``last`` land in ``buffer`` on the same edge as valid.
+        m.d.comb += o.payload.data.eq(buffer[:8 * self.max_payload])
+        return m

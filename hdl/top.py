@@ -1,7 +1,7 @@
 """The whole appliance: feed ports A and B (XGMII) in, order port XGMII out, one register bus."""
 
 from amaranth.hdl import Module, Signal
-from amaranth.lib import wiring, fifo
+from amaranth.lib import wiring, fifo, stream
 from amaranth.lib.wiring import In, Out, connect
 
 from .csr import CsrBank, CsrBusSignature, Register, registers_signature
@@ -9,9 +9,13 @@ from .mac import MacTx, XgmiiSignature
 from .net import NetTx
 from .market_data import MarketDataPath
 from .symbols import SymbolDirectory
-from .trigger import Trigger, intent_layout
-from .risk import Risk
-from .ouch import OuchEncoder, ENTER_ORDER_PACKET_LENGTH
+from .book import Book, book_event_layout
+from .trigger import Trigger
+from .order import order_layout
+from .order_entry import OrderEntry
+from .risk import Risk, reject_layout
+from .ouch import OuchEncoder, MAX_PACKET_LENGTH
+from .packet import PacketGather
 
 __all__ = ["Appliance", "Identity", "STAGE_ORDER", "CLOCK_HZ", "FEED_PORTS"]
 
@@ -24,7 +28,7 @@ CLOCK_HZ = 156_250_000
 #: Register windows in address order (stage name -> window index). Feed line B's MAC and filter
 #: come last, so every window that existed before line B keeps its address.
 STAGE_ORDER = ("id", "mac_rx", "net_rx", "moldudp64", "itch", "trigger", "risk", "ouch", "net_tx", "mac_tx",
-               "mac_rx_b", "net_rx_b", "symbols")
+               "mac_rx_b", "net_rx_b", "symbols", "book", "order_entry")
 
 
 class Identity(wiring.Component):
@@ -59,8 +63,8 @@ class Identity(wiring.Component):
 
 
 class Appliance(wiring.Component):
-    """Feed ports A and B -> MAC -> UDP filter (each) -> MoldUDP64 -> ITCH -> trigger -> risk ->
-    OUCH -> UDP -> MAC.
+    """Feed ports A and B -> MAC -> UDP filter (each) -> MoldUDP64 -> ITCH -> symbol directory ->
+    order book -> trigger -> order entry (with the host's orders) -> risk -> OUCH -> UDP -> MAC.
 
     The host's injection port (retransmitted MoldUDP64 datagrams) joins the two feed lines in
     front of the MoldUDP64 sequencer; gap events leave on ``o_gap``
@@ -72,6 +76,12 @@ class Appliance(wiring.Component):
         Accepted orders waiting for the order port.
     rx_buffer_words : int
         Feed MAC store-and-forward buffer (64-bit words).
+    book : dict
+        Keyword arguments of :class:`tickwire.hdl.book.Book` (slots, capacity, ways, depth).
+    sessions : int
+        Order sessions (risk limits, UserRefNum counters).
+    rules : int
+        Trigger rules.
 
     Members
     -------
@@ -83,6 +93,12 @@ class Appliance(wiring.Component):
         MoldUDP64 datagrams from the host.
     o_gap : Out(stream.Signature(gap_layout, always_ready=True))
         Gap events for the host.
+    o_book_event : Out(stream.Signature(book_event_layout, always_ready=True))
+        The book's events (collisions, unknown references, window) for the host.
+    o_reject : Out(stream.Signature(reject_layout, always_ready=True))
+        Order actions risk refused, with the reason, for the host.
+    o_accepted : Out(stream.Signature(order_layout, always_ready=True))
+        A copy of every order action risk accepted, for the host (drop copy).
     order_tx : Out(XgmiiSignature)
     csr : In(CsrBusSignature)
 
@@ -92,21 +108,25 @@ class Appliance(wiring.Component):
     tests/hdl/test_top.py and printed by ``tickwire demo``.
     """
 
-    def __init__(self, *, order_queue_depth: int = 16, rx_buffer_words: int = 512):
+    def __init__(self, *, order_queue_depth: int = 16, rx_buffer_words: int = 512, book: dict | None = None,
+                 sessions: int = 4, rules: int = 4):
         if order_queue_depth < 2:
             raise ValueError(f"order_queue_depth must be at least 2, not {order_queue_depth!r}")
         self.order_queue_depth = order_queue_depth
         self.rx_buffer_words = rx_buffer_words
         self.identity = Identity()
         self.market_data = MarketDataPath(rx_buffer_words=rx_buffer_words)
-        self.symbols = SymbolDirectory()
-        self.trigger = Trigger()
-        self.risk = Risk()
+        self.book = Book(**(book or {}))
+        self.symbols = SymbolDirectory(slots=self.book.slots)
+        self.trigger = Trigger(rules=rules)
+        self.order_entry = OrderEntry(sessions=sessions)
+        self.risk = Risk(slots=self.book.slots, sessions=sessions)
         self.ouch = OuchEncoder()
-        self.net_tx = NetTx(max_payload=ENTER_ORDER_PACKET_LENGTH)
+        self.gather = PacketGather(max_payload=MAX_PACKET_LENGTH)
+        self.net_tx = NetTx(max_payload=MAX_PACKET_LENGTH)
         self.mac_tx = MacTx()
-        stages = {"id": self.identity, **self.market_data.stages, "symbols": self.symbols,
-                  "trigger": self.trigger,
+        stages = {"id": self.identity, **self.market_data.stages, "symbols": self.symbols, "book": self.book,
+                  "trigger": self.trigger, "order_entry": self.order_entry,
                   "risk": self.risk, "ouch": self.ouch, "net_tx": self.net_tx, "mac_tx": self.mac_tx}
         self.stages = {name: stages[name] for name in STAGE_ORDER}
         self.bank = CsrBank([(name, stage.registers) for name, stage in self.stages.items()])
@@ -114,6 +134,9 @@ class Appliance(wiring.Component):
         feed_side = {n: v for n, v in self.market_data.signature.members.items() if n in FEED_PORTS}
         super().__init__({
             **feed_side,
+            "o_book_event": Out(stream.Signature(book_event_layout, always_ready=True)),
+            "o_reject": Out(stream.Signature(reject_layout, always_ready=True)),
+            "o_accepted": Out(stream.Signature(order_layout, always_ready=True)),
             "order_tx": Out(XgmiiSignature()),
             "csr": In(CsrBusSignature()),
         })
@@ -132,17 +155,30 @@ class Appliance(wiring.Component):
         for port in FEED_PORTS:
             connect(m, wiring.flipped(getattr(self, port)), getattr(self.market_data, port))
         connect(m, self.market_data.o_records, self.symbols.i_stream)
-        connect(m, self.symbols.o_stream, self.trigger.i_stream)
-        connect(m, self.trigger.o_stream, self.risk.i_stream)
+        connect(m, self.symbols.o_stream, self.book.i_stream)
+        connect(m, self.book.o_stream, self.trigger.i_stream)
+        connect(m, self.book.o_event, wiring.flipped(self.o_book_event))
+        connect(m, self.trigger.o_stream, self.order_entry.i_trigger)
+        connect(m, self.order_entry.o_stream, self.risk.i_stream)
+        connect(m, self.order_entry.o_exposure, self.risk.i_exposure)
+        connect(m, self.risk.book, self.book.query)
+        connect(m, self.risk.o_reject, wiring.flipped(self.o_reject))
 
         # Accepted orders queue for the order port so a burst never stalls the market-data path.
         queue = m.submodules.order_queue = fifo.SyncFIFOBuffered(
-            width=intent_layout.size, depth=self.order_queue_depth)
+            width=order_layout.size, depth=self.order_queue_depth)
+        take = self.risk.o_stream.valid & queue.w_rdy
         m.d.comb += [queue.w_en.eq(self.risk.o_stream.valid), queue.w_data.eq(self.risk.o_stream.payload),
                      self.risk.o_stream.ready.eq(queue.w_rdy),
+                     self.o_accepted.valid.eq(take), self.o_accepted.payload.eq(self.risk.o_stream.payload),
                      self.ouch.i_stream.valid.eq(queue.r_rdy), self.ouch.i_stream.payload.eq(queue.r_data),
                      queue.r_en.eq(self.ouch.i_stream.ready)]
-        connect(m, self.ouch.o_stream, self.net_tx.i_stream)
+        m.submodules.gather = self.gather
+        m.d.comb += [self.gather.i_stream.valid.eq(self.ouch.o_stream.valid),
+                     self.ouch.o_stream.ready.eq(self.gather.i_stream.ready)]
+        for name, _ in self.gather.i_stream.payload.shape():
+            m.d.comb += getattr(self.gather.i_stream.payload, name).eq(getattr(self.ouch.o_stream.payload, name))
+        connect(m, self.gather.o_stream, self.net_tx.i_stream)
         connect(m, self.net_tx.o_stream, self.mac_tx.i_stream)
         connect(m, self.mac_tx.xgmii, wiring.flipped(self.order_tx))
         return m

@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="XGMII characters from each frame's /T/ to the next start "
                              "(default: %(default)s, the minimum inter-frame gap)")
     decode.set_defaults(handler=_cmd_sim_decode)
+    importlib.import_module("tickwire.sim.card").add_commands(sim_commands, [verbose])  # serve
 
     itch = commands.add_parser(
         "itch", parents=[verbose], help="make and convert ITCH capture files",
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("input", metavar="IN", type=Path, help="raw ITCH file or pcap")
     convert.add_argument("output", metavar="OUT", type=Path, help="file to write")
     convert.set_defaults(handler=_cmd_itch_convert)
+    for module in ("journal", "appconfig", "boards"):  # commands that live beside their host modules
+        importlib.import_module(f"{__package__}.{module}").add_commands(commands, [verbose])
     return parser
 
 

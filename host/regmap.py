@@ -67,6 +67,9 @@ class Register:
     access: str
     reset: int
     description: str = ""
+    #: ``stage.name`` of the register that selects which table entry this one reads and writes
+    #: (hdl/csr.py ``Register.indexed_by``); empty for a plain register.
+    indexed_by: str = ""
 
     @property
     def qualified_name(self) -> str:
@@ -118,9 +121,12 @@ class Register:
         return value & self.max_value
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "name": self.name, "address": self.address,
-                "size": self.size, "width": self.width, "access": self.access,
-                "reset": self.reset, "description": self.description}
+        d = {"stage": self.stage, "name": self.name, "address": self.address,
+             "size": self.size, "width": self.width, "access": self.access,
+             "reset": self.reset, "description": self.description}
+        if self.indexed_by:
+            d["indexed_by"] = self.indexed_by
+        return d
 
 
 class RegisterMap:
@@ -210,6 +216,9 @@ class RegisterMap:
             description = entry.get("description", "")
             if not isinstance(description, str):
                 raise fail(f"{where}: 'description' must be a string, not {description!r}")
+            indexed_by = entry.get("indexed_by", "")
+            if not isinstance(indexed_by, str):
+                raise fail(f"{where}: 'indexed_by' must be a string, not {indexed_by!r}")
             stage, name = entry["stage"], entry["name"]
             for part in (stage, name):
                 if not _NAME.match(part):
@@ -230,12 +239,17 @@ class RegisterMap:
                 raise fail(f"{where}: reset {entry['reset']} does not fit {entry['width']} bits")
             register = Register(name=name, stage=stage, address=entry["address"],
                                 size=entry["size"], width=entry["width"], access=entry["access"],
-                                reset=entry["reset"], description=description)
+                                reset=entry["reset"], description=description,
+                                indexed_by=indexed_by)
             for address in register.addresses:
                 if address in owner:
                     raise fail(f"{where}: word 0x{address:x} is also used by {owner[address]!r}")
                 owner[address] = key
             registers.append(register)
+        for register in registers:
+            if register.indexed_by and register.indexed_by not in entries:
+                raise fail(f"register {register.qualified_name!r}: indexed by "
+                           f"{register.indexed_by!r}, which is not in the map")
         return cls(registers, constants, source=source)
 
     def to_dict(self) -> dict[str, Any]:

@@ -112,7 +112,9 @@ HEADER_FIELDS = ("message_type", "stock_locate", "tracking_number", "timestamp")
 #: (I: the imbalance shares; V: the three 8-byte price levels), ``code_1``..``code_10`` the
 #: one-character codes, ``text`` the one 2- or 4-character alpha field of H and R.
 #: ``sequence_number`` is the MoldUDP64 sequence number of the message and ``recovered`` says it
-#: filled a gap late (:data:`SIDEBAND_FIELDS`: no ITCH source).
+#: filled a gap late; ``tracked`` and ``tracked_slot`` are the symbol directory's verdict on the
+#: locate (tracked, and the slot the order book keeps it in) (:data:`SIDEBAND_FIELDS`: no ITCH
+#: source; 0 out of the decoder).
 #: Integers are unsigned; alpha fields keep the wire order, first character in bits [7:0]. A field
 #: narrower than its record field sits in the low bits (integers zero-extended, alpha high bytes
 #: 0); a record field the type does not use is 0.
@@ -142,10 +144,12 @@ RECORD_FIELDS: dict[str, int] = {
     **{f"code_{n}": 8 for n in range(1, 11)},
     "sequence_number": 64,
     "recovered": 1,
+    "tracked": 1,
+    "tracked_slot": 16,
 }
 
 #: Record fields that come from the MoldUDP64 stage, not from the ITCH message.
-SIDEBAND_FIELDS = ("sequence_number", "recovered")
+SIDEBAND_FIELDS = ("sequence_number", "recovered", "tracked", "tracked_slot")
 
 
 def _each(types: str, name: str) -> dict[str, str]:
@@ -264,6 +268,10 @@ def record_markdown() -> str:
             text = "the message's MoldUDP64 sequence number"
         elif name == "recovered":
             text = "1: the message filled an open gap late (a retransmission or the other line's copy)"
+        elif name == "tracked":
+            text = "symbols: 1 when the locate is tracked (0 out of itch)"
+        elif name == "tracked_slot":
+            text = "symbols: the tracked locate's order-book slot (0 out of itch)"
         elif len(sources) == len(MESSAGES) and all(f == name for f in sources.values()):
             text = f"all {len(MESSAGES)} types: {name}"
         else:

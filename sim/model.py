@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable, Mapping, NamedTuple, TypedDict
 
-from tickwire.protocols import itch, moldudp64, soupbintcp
+from tickwire.protocols import itch, moldudp64
 from tickwire.protocols.net import (  # fcs is re-exported
     ETHERNET, ETHERNET_HEADER_LENGTH, ETHERTYPE_IPV4, FCS_LENGTH, IP_PROTOCOL_UDP, IPV4,
     IPV4_FLAG_DONT_FRAGMENT, IPV4_FLAG_MORE_FRAGMENTS, IPV4_FRAGMENT_OFFSET_MASK,
@@ -21,8 +21,7 @@ from tickwire.protocols.net import (  # fcs is re-exported
     MULTICAST_MAC_GROUP_MASK, MULTICAST_MAC_PREFIX, UDP,
     UDP_HEADER_LENGTH, UDP_PAYLOAD_OFFSET, fcs, ipv4_checksum,
 )
-from tickwire.protocols.ouch import ENTER_ORDER
-from tickwire.protocols.risk import VERDICT_COUNTERS, RejectReason
+from tickwire.protocols.risk import VERDICT_COUNTERS
 
 from .defaults import DEFAULT_REGISTERS
 
@@ -57,15 +56,21 @@ MOLDUDP64_COUNTERS = ("moldudp64.messages", "moldudp64.malformed", "moldudp64.tr
 SYMBOLS_COUNTERS = ("symbols.directory_entries", "symbols.passed", "symbols.filtered",
                     "symbols.out_of_range")
 ITCH_COUNTERS = ("itch.decoded", "itch.unknown_type", "itch.bad_length")
-TRIGGER_COUNTERS = ("trigger.fired",)
-RISK_COUNTERS = ("risk.accepted", "risk.rejected_kill", "risk.rejected_zero_quantity",
-                 "risk.rejected_quantity", "risk.rejected_notional", "risk.last_reject_reason")
-OUCH_COUNTERS = ("ouch.orders_sent",)
+BOOK_COUNTER_NAMES = ("book.messages", "book.bbo_updates", "book.collisions", "book.unknown_references",
+                      "book.outside_window", "book.depth_exhausted", "book.live_orders")
+TRIGGER_COUNTERS = ("trigger.fired",) + tuple(f"trigger.rule_{k}_fired" for k in range(4))
+ORDER_ENTRY_COUNTERS = ("order_entry.host_queue_level", "order_entry.host_submitted", "order_entry.host_dropped",
+                        "order_entry.session_user_ref_num", "order_entry.orders", "order_entry.exposure_submitted")
+RISK_COUNTERS = tuple(f"risk.{name}" for name in VERDICT_COUNTERS.values()) + (
+    "risk.exposure_updates", "risk.exposure_saturated", "risk.exposure_refused", "risk.last_reject_reason")
+OUCH_COUNTERS = ("ouch.orders_sent", "ouch.enter_sent", "ouch.replace_sent", "ouch.cancel_sent", "ouch.modify_sent",
+                 "ouch.appendages_sent", "ouch.invalid_action")
 NET_TX_COUNTERS = ("net_tx.frames_sent",)
 MAC_TX_COUNTERS = ("mac_tx.frames_sent",)
 #: Every ``ro`` register the model predicts (all but ``id.*``), in pipeline order.
 COUNTER_NAMES: tuple[str, ...] = (MAC_RX_COUNTERS + NET_RX_COUNTERS + MOLDUDP64_COUNTERS
-                                  + ITCH_COUNTERS + SYMBOLS_COUNTERS + TRIGGER_COUNTERS + RISK_COUNTERS
+                                  + ITCH_COUNTERS + SYMBOLS_COUNTERS + BOOK_COUNTER_NAMES + TRIGGER_COUNTERS
+                                  + ORDER_ENTRY_COUNTERS + RISK_COUNTERS
                                   + OUCH_COUNTERS + NET_TX_COUNTERS + MAC_TX_COUNTERS
                                   + MAC_RX_B_COUNTERS + NET_RX_B_COUNTERS)
 #: The ``ro`` registers of the market-data path (``hdl/market_data.py``), in pipeline order.
@@ -115,15 +120,6 @@ class Record(TypedDict):
     code_8: str
     code_9: str
     code_10: str
-
-
-class Intent(TypedDict):
-    """An order the trigger wants to send: side 'B'/'S', price(4), quantity, 8-character symbol."""
-
-    side: str
-    price: int
-    quantity: int
-    symbol: str
 
 
 def with_fcs(frame: bytes) -> bytes:
@@ -444,6 +440,8 @@ def record_values(record: Record, sequence_number: int = 0, recovered: bool = Fa
         out[name] = int.from_bytes(value.encode("latin-1"), "little") if isinstance(value, str) else value
     out["sequence_number"] = sequence_number
     out["recovered"] = int(recovered)
+    out["tracked"] = 0
+    out["tracked_slot"] = 0
     return out
 
 
@@ -461,33 +459,44 @@ class ItchModel(_Stage):
 
 
 class SymbolDirectoryModel(_Stage):
-    """Locate -> symbol table and tracked-symbol filter (contract section "symbols")."""
+    """Locate -> symbol table, tracked slots and the tracked-symbol filter (contract section "symbols")."""
 
     COUNTERS = SYMBOLS_COUNTERS
 
     def __init__(self, registers: Mapping[str, int] | None = None, *, max_locates: int = 16384,
-                 track_names: int = 8) -> None:
+                 track_names: int = 8, slots: int = 256) -> None:
         self.registers = RegisterFile.of(registers)
         self.max_locates = max_locates
         self.track_names = track_names
+        self.slots = slots
         self.names: dict[int, str] = {}
-        self.tracked: set[int] = set()
+        self.tracked: dict[int, int] = {}   # locate -> book slot
         super().__init__()
 
     def track_locate(self, value: int) -> None:
-        """The host wrote ``symbols.track_locate``: bit 16 tracks or untracks locate bits 15..0."""
-        locate, flag = value & 0xFFFF, value >> 16 & 1
-        if locate < self.max_locates:
-            (self.tracked.add if flag else self.tracked.discard)(locate)
+        """The host wrote ``symbols.track_locate``: (slot << 17 | flag << 16 | locate)."""
+        locate, flag, slot = value & 0xFFFF, value >> 16 & 1, value >> 17
+        if locate < self.max_locates and slot < self.slots:
+            if flag:
+                self.tracked[locate] = slot
+            else:
+                self.tracked.pop(locate, None)
 
     def lookup(self, locate: int) -> tuple[str, bool]:
         """The directory entry of ``locate`` (stock, '' when none) and whether it is tracked."""
         return self.names.get(locate, ""), locate in self.tracked
 
-    def _named(self, stock: str) -> bool:
+    def slot(self, locate: int) -> int | None:
+        """The book slot of ``locate`` now, None when it is not tracked."""
+        return self.tracked.get(locate)
+
+    def _named(self, stock: str) -> int | None:
         value = int.from_bytes(stock.encode("latin-1"), "little")
-        names = (self.registers[f"symbols.track_name_{k}"] for k in range(self.track_names))
-        return any(n != 0 and n == value for n in names)
+        for k in range(self.track_names):
+            name = self.registers[f"symbols.track_name_{k}"]
+            if name != 0 and name == value:
+                return k
+        return None
 
     def process(self, record: Record) -> bool:
         """Whether ``record`` goes on; Stock Directory records fill the table on the way."""
@@ -498,113 +507,194 @@ class SymbolDirectoryModel(_Stage):
         if record["message_type"] == "R" and fits:
             self.names[locate] = record["stock"]
             self._count("symbols.directory_entries")
-            if self._named(record["stock"]):
-                self.tracked.add(locate)
+            named = self._named(record["stock"])
+            if named is not None:
+                self.tracked[locate] = named
         passes = (not self.registers["symbols.filter_enable"] or locate == 0
                   or (fits and locate in self.tracked))
         self._count("symbols.passed" if passes else "symbols.filtered")
         return passes
 
+    def annotate(self, values: dict[str, int]) -> dict[str, int]:
+        """The gateware record ``values`` (``record_values``) as the stage passes it on: with
+        ``tracked`` and ``tracked_slot`` of its locate, as the table holds them now."""
+        slot = self.slot(values["stock_locate"]) if values["stock_locate"] < self.max_locates else None
+        return {**values, "tracked": int(slot is not None), "tracked_slot": slot or 0}
+
 
 class TriggerModel(_Stage):
-    """The one-rule trigger (contract section "trigger"): an intent or None."""
+    """The rule trigger (contract section "trigger"): top-of-book records in, Enter Order
+    actions out (as dicts of :data:`tickwire.hdl.order.order_layout` fields, integers)."""
 
-    COUNTERS = TRIGGER_COUNTERS
-
-    def __init__(self, registers: Mapping[str, int] | None = None) -> None:
+    def __init__(self, registers: Mapping[str, int] | None = None, *, rules: int = 4) -> None:
         self.registers = RegisterFile.of(registers)
+        self.rules = rules
+        self.COUNTERS = ("trigger.fired",) + tuple(f"trigger.rule_{k}_fired" for k in range(rules))
+        self.held = [False] * rules
         super().__init__()
 
-    def process(self, record: Record, recovered: bool = False) -> Intent | None:
-        """``recovered``: the message filled a gap late; such messages never fire."""
+    def _holds(self, k: int, bbo: Mapping[str, Any]) -> bool:
+        from tickwire.protocols.strategy import RuleKind
         regs = self.registers
-        if (not regs["trigger.enable"] or recovered or record["message_type"] not in ("A", "F")
-                or record["stock_locate"] != regs["trigger.stock_locate"]):
-            return None
-        side, limit = regs["trigger.side"], regs["trigger.price_limit"]
-        if side == ord("B"):
-            fires = record["buy_sell_indicator"] == "S" and record["price"] <= limit
-        elif side == ord("S"):
-            fires = record["buy_sell_indicator"] == "B" and record["price"] >= limit
+        kind, threshold = regs[f"trigger.rule_{k}_kind"], regs[f"trigger.rule_{k}_threshold"]
+        side = regs[f"trigger.rule_{k}_side"]
+        bid, ask = bbo["bid_orders"] != 0, bbo["ask_orders"] != 0
+        takes = ask if side == ord("B") else bid if side == ord("S") else False
+        if not (bbo["trusted"] and not bbo["recovered"] and takes):
+            return False
+        if kind == RuleKind.ASK_AT_OR_BELOW:
+            return ask and bbo["ask_price"] <= threshold
+        if kind == RuleKind.BID_AT_OR_ABOVE:
+            return bid and bbo["bid_price"] >= threshold
+        if kind == RuleKind.SPREAD_AT_MOST:
+            return bid and ask and bbo["ask_price"] - bbo["bid_price"] <= threshold
+        if kind == RuleKind.BID_IMBALANCE:
+            return bid and ask and bbo["bid_shares"] * 256 >= threshold * bbo["ask_shares"]
+        if kind == RuleKind.ASK_IMBALANCE:
+            return bid and ask and bbo["ask_shares"] * 256 >= threshold * bbo["bid_shares"]
+        return False
+
+    def process(self, bbo: Mapping[str, Any]) -> list[dict[str, int]]:
+        """The orders one top-of-book record makes (``bbo``: :data:`tickwire.hdl.book.bbo_layout`
+        fields as integers), in rule order."""
+        from tickwire.hdl.order import OrderSource
+        regs = self.registers
+        orders = []
+        for k in range(self.rules):
+            if regs[f"trigger.rule_{k}_kind"] == 0 or regs[f"trigger.rule_{k}_slot"] != bbo["slot"]:
+                continue
+            holds = self._holds(k, bbo)
+            fires, self.held[k] = holds and not self.held[k], holds
+            if not fires:
+                continue
+            side = regs[f"trigger.rule_{k}_side"]
+            buy = side == ord("B")
+            there = bbo["ask_shares"] if buy else bbo["bid_shares"]
+            self._count("trigger.fired")
+            self._count(f"trigger.rule_{k}_fired")
+            orders.append({
+                "action": ord("O"), "source": OrderSource.TRIGGER, "session": regs[f"trigger.rule_{k}_session"],
+                "slot": bbo["slot"], "stock_locate": bbo["stock_locate"], "stock": bbo["stock"], "side": side,
+                "price": bbo["ask_price"] if buy else bbo["bid_price"],
+                "quantity": min(regs[f"trigger.rule_{k}_quantity"], there),
+                "time_in_force": regs["trigger.time_in_force"], "display": regs["trigger.display"],
+                "capacity": regs["trigger.capacity"],
+                "intermarket_sweep_eligibility": regs["trigger.intermarket_sweep_eligibility"],
+                "cross_type": regs["trigger.cross_type"],
+                "timestamp": bbo["timestamp"], "sequence_number": bbo["sequence_number"],
+            })
+        return orders
+
+
+def cl_ord_id(prefix: int, user_ref_num: int) -> int:
+    """The 14-character ClOrdID the card gives (contract section "order_entry"): the 4 ASCII
+    bytes of ``prefix`` (most significant first), the UserRefNum as 8 upper-case hex digits, two
+    spaces; as the integer of ``order_layout.cl_ord_id`` (first character in bits 7:0)."""
+    text = prefix.to_bytes(4, "big") + f"{user_ref_num:08X}  ".encode("ascii")
+    return int.from_bytes(text, "little")
+
+
+def order_values(**fields: int) -> dict[str, int]:
+    """An order action with every field of :data:`tickwire.hdl.order.order_layout` (0 unless given)."""
+    from tickwire.hdl.order import order_layout
+    values = {name: 0 for name, _ in order_layout}
+    values.update(fields)
+    return values
+
+
+class OrderEntryModel(_Stage):
+    """Merges trigger and host orders and numbers them (contract section "order_entry")."""
+
+    COUNTERS = ORDER_ENTRY_COUNTERS
+
+    def __init__(self, registers: Mapping[str, int] | None = None, *, sessions: int = 4) -> None:
+        self.registers = RegisterFile.of(registers)
+        self.sessions = sessions
+        self.next = [self.registers["order_entry.next_user_ref_num"]] * sessions
+        super().__init__()
+        self._show()
+
+    def _show(self) -> None:
+        selected = self.registers["order_entry.user_ref_num_session"]
+        self.counters["order_entry.session_user_ref_num"] = self.next[selected] if selected < self.sessions else 0
+
+    def process(self, order: Mapping[str, int]) -> dict[str, int]:
+        """The order as it leaves for risk: UserRefNum and ClOrdID given."""
+        out = order_values(**order)
+        numbered = out["action"] in (ord("O"), ord("U"))
+        session = out["session"]
+        if numbered and out["user_ref_num"] == 0 and session < self.sessions:
+            out["user_ref_num"] = self.next[session]
+        if numbered and session < self.sessions and out["user_ref_num"] >= self.next[session]:
+            self.next[session] = (out["user_ref_num"] + 1) & 0xFFFFFFFF
+        out["cl_ord_id"] = cl_ord_id(self.registers["order_entry.cl_ord_id_prefix"], out["user_ref_num"])
+        self._count("order_entry.orders")
+        self._show()
+        return out
+
+
+class RiskStage(_Stage):
+    """The risk gate of the pipeline: :class:`tickwire.sim.risk_model.RiskModel` (issue 6's
+    reference) with the appliance's register names; per-slot and per-session limits come from
+    ``risk.<limit>[index]`` entries of the register values (:data:`~tickwire.sim.defaults.DEFAULT_INDEXED`)."""
+
+    def __init__(self, registers: Mapping[str, int] | None = None, indexed: Mapping[str, int] | None = None,
+                 *, slots: int = 256, sessions: int = 4) -> None:
+        from .risk_model import RiskModel as Reference
+        self.registers = RegisterFile.of(registers)
+        self.reference = Reference(slots=slots, sessions=sessions)
+        for name, value in (indexed or {}).items():
+            self.write_indexed(name, value)
+        self.COUNTERS = RISK_COUNTERS
+        super().__init__()
+
+    def write_indexed(self, name: str, value: int) -> None:
+        """``risk.<register>[index]`` = value: the select register, then the value, as the host writes them."""
+        stage, _, rest = name.partition(".")
+        register, _, index = rest.partition("[")
+        if stage != "risk" or not index.endswith("]"):
+            raise KeyError(f"not an indexed risk register: {name!r}")
+        index_value = int(index[:-1])
+        from .risk_model import SESSION_LIMIT_NAMES
+        if register in SESSION_LIMIT_NAMES:
+            self.reference.write(register, value, session=index_value)
         else:
-            fires = False
-        if not fires:
-            return None
-        self._count("trigger.fired")
-        return Intent(side=chr(side), price=record["price"],
-                      quantity=min(regs["trigger.quantity"], record["shares"]),
-                      symbol=record["stock"])
+            self.reference.write(register, value, slot=index_value)
+
+    def process(self, order: Mapping[str, int], book) -> tuple[bool, int]:
+        """The verdict on ``order`` with ``book`` (:class:`~tickwire.sim.risk_model.BookTop`) as the
+        book answers for its slot."""
+        ref = self.reference
+        ref.kill, ref.kill_session = self.registers["risk.kill"], self.registers["risk.kill_session"]
+        accepted, reason = ref.order(order, book)
+        self.process_counters()
+        return accepted, int(reason)
+
+    def process_counters(self) -> None:
+        """Copy the reference's counters under the register names."""
+        ref = self.reference
+        for name in RISK_COUNTERS:
+            self.counters[name] = (ref.counters[name.partition(".")[2]] if name != "risk.last_reject_reason"
+                                   else ref.last_reject_reason)
 
 
-class RiskModel(_Stage):
-    """Pre-trade risk checks in priority order (contract section "risk")."""
-
-    COUNTERS = RISK_COUNTERS
-
-    def __init__(self, registers: Mapping[str, int] | None = None) -> None:
-        self.registers = RegisterFile.of(registers)
-        super().__init__()
-
-    def check(self, intent: Intent) -> RejectReason:
-        """The first failing check's reason, or ``RejectReason.NONE``; no counters change."""
-        regs = self.registers
-        if regs["risk.kill"]:
-            return RejectReason.KILL
-        if intent["quantity"] == 0:
-            return RejectReason.ZERO_QUANTITY
-        if intent["quantity"] > regs["risk.max_order_quantity"]:
-            return RejectReason.MAX_QUANTITY
-        if intent["quantity"] * intent["price"] > regs["risk.max_order_notional"]:
-            return RejectReason.MAX_NOTIONAL
-        return RejectReason.NONE
-
-    def process(self, intent: Intent) -> tuple[bool, RejectReason]:
-        reason = self.check(intent)
-        self._count("risk." + VERDICT_COUNTERS[reason])
-        if reason is RejectReason.NONE:
-            return True, reason
-        self.counters["risk.last_reject_reason"] = int(reason)
-        logger.debug("risk: rejected %s: %s", intent, reason.name)
-        return False, reason
-
-
-def cl_ord_id(prefix: int, user_ref_num: int) -> str:
-    """The 14-character ClOrdID: 4 ASCII bytes of ``prefix`` (most significant first), the
-    user_ref_num as 8 upper-case hex digits, 2 spaces."""
-    return prefix.to_bytes(4, "big").decode("ascii", errors="replace") + f"{user_ref_num:08X}  "
-
-
-def enter_order(intent: Intent, user_ref_num: int, registers: Mapping[str, int]) -> bytes:
-    """The 47-byte OUCH 5.0 Enter Order message for ``intent``."""
-    return ENTER_ORDER.pack(
-        user_ref_num=user_ref_num, side=intent["side"], quantity=intent["quantity"],
-        symbol=intent["symbol"], price=intent["price"],
-        time_in_force=chr(registers["ouch.time_in_force"]), display=chr(registers["ouch.display"]),
-        capacity=chr(registers["ouch.capacity"]),
-        intermarket_sweep_eligibility=chr(registers["ouch.intermarket_sweep_eligibility"]),
-        cross_type=chr(registers["ouch.cross_type"]),
-        cl_ord_id=cl_ord_id(registers["ouch.cl_ord_id_prefix"], user_ref_num), appendage_length=0)
-
-
-def ouch_encode(intent: Intent, user_ref_num: int, registers: Mapping[str, int]) -> bytes:
-    """The 50-byte SoupBinTCP Unsequenced Data packet carrying :func:`enter_order`."""
-    return soupbintcp.frame("U", enter_order(intent, user_ref_num, registers))
-
-
-class OuchModel(_Stage):
-    """OUCH Enter Order encoder; takes ``ouch.next_user_ref_num`` and increments it."""
+class OuchStage(_Stage):
+    """The OUCH encoder's output (:func:`tickwire.sim.ouch_model.expected_packet`) and counters."""
 
     COUNTERS = OUCH_COUNTERS
+    _BY_ACTION = {"O": "ouch.enter_sent", "U": "ouch.replace_sent", "X": "ouch.cancel_sent", "M": "ouch.modify_sent"}
 
-    def __init__(self, registers: Mapping[str, int] | None = None) -> None:
-        self.registers = RegisterFile.of(registers)
-        super().__init__()
-
-    def process(self, intent: Intent) -> bytes:
-        user_ref_num = self.registers["ouch.next_user_ref_num"]
-        self.registers["ouch.next_user_ref_num"] = (user_ref_num + 1) & 0xFFFFFFFF
+    def process(self, order: Mapping[str, int]) -> bytes | None:
+        from .ouch_model import expected_packet, present_appendages
+        packet = expected_packet(dict(order))
+        if packet is None:
+            self._count("ouch.invalid_action")
+            return None
         self._count("ouch.orders_sent")
-        return ouch_encode(intent, user_ref_num, self.registers)
+        self._count(self._BY_ACTION[chr(order["action"])])
+        if chr(order["action"]) in "OU":
+            self.counters["ouch.appendages_sent"] += len(present_appendages(dict(order)))
+        return packet
 
 
 class NetTxModel(_Stage):
@@ -708,31 +798,61 @@ class MarketDataModel:
         return {name: merged[name] for name in MARKET_DATA_COUNTER_NAMES}
 
 
+class _BookStage(_Stage):
+    """The order book (:class:`tickwire.sim.book_model.BookModel`) with the pipeline's counters."""
+
+    COUNTERS = BOOK_COUNTER_NAMES
+
+    def __init__(self, **params: int) -> None:
+        from .book_model import BookModel
+        self.model = BookModel(**params)
+        super().__init__()
+        self.counters = self.model.counters
+
+
 class PipelineModel:
-    """The whole skeleton pipeline: feed-port frames in, order-port frames out.
+    """The whole pipeline: feed-port frames in, order-port frames out.
 
     Parameters
     ----------
     registers
         ``rw`` register values by name; missing ones take :data:`DEFAULT_REGISTERS`. The model
-        keeps its own copy (:attr:`registers`), which ``ouch.next_user_ref_num`` counts up in;
-        change a register between frames with ``model.registers.write(name, value)``.
+        keeps its own copy (:attr:`registers`); change a register between frames with
+        ``model.registers.write(name, value)``.
+    indexed
+        Per-slot and per-session risk limits, ``"risk.<limit>[index]": value``; missing:
+        :data:`~tickwire.sim.defaults.DEFAULT_INDEXED`.
+    book
+        :class:`~tickwire.hdl.book.Book` parameters of the card modelled.
+
+    The price collar's book midpoint is read from the model's book after the message that fired
+    the order; the gateware reads it a few cycles later, when later messages of the same symbol
+    may have moved it. Configurations that compare frames exactly use a host-set reference price.
     """
 
-    def __init__(self, registers: Mapping[str, int] | None = None, *, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, registers: Mapping[str, int] | None = None, *, indexed: Mapping[str, int] | None = None,
+                 max_frame: int = MAX_FRAME, book: Mapping[str, int] | None = None, sessions: int = 4) -> None:
+        from .defaults import DEFAULT_INDEXED
         self.registers = RegisterFile(registers)
         self.market_data = MarketDataModel(self.registers, max_frame=max_frame)
         self.mac_rx, self.net_rx = self.market_data.mac_rx, self.market_data.net_rx
         self.mac_rx_b, self.net_rx_b = self.market_data.mac_rx_b, self.market_data.net_rx_b
         self.moldudp64, self.itch = self.market_data.moldudp64, self.market_data.itch
-        self.symbols = SymbolDirectoryModel(self.registers)
+        self.book = _BookStage(**(book or {}))
+        self.symbols = SymbolDirectoryModel(self.registers, slots=self.book.model.slots)
         self.trigger = TriggerModel(self.registers)
-        self.risk = RiskModel(self.registers)
-        self.ouch = OuchModel(self.registers)
+        self.order_entry = OrderEntryModel(self.registers, sessions=sessions)
+        self.risk = RiskStage(self.registers, DEFAULT_INDEXED if indexed is None else indexed,
+                              slots=self.book.model.slots, sessions=sessions)
+        self.ouch = OuchStage()
         self.net_tx = NetTxModel(self.registers)
         self.mac_tx = MacTxModel()
-        self._stages = (*self.market_data.stages, self.symbols, self.trigger, self.risk, self.ouch, self.net_tx,
-                        self.mac_tx)
+        #: Top-of-book records, rejected orders (order, reason) and accepted orders, in order.
+        self.bbos: list[dict[str, int]] = []
+        self.rejects: list[tuple[dict[str, int], int]] = []
+        self.accepted: list[dict[str, int]] = []
+        self._stages = (*self.market_data.stages, self.symbols, self.book, self.trigger, self.order_entry,
+                        self.risk, self.ouch, self.net_tx, self.mac_tx)
 
     def feed(self, frame_with_fcs: bytes, *, error: bool = False, line: str = "a") -> list[bytes]:
         """Process one frame on feed port ``line`` ("a" or "b"; FCS included; ``error``: it
@@ -743,20 +863,50 @@ class PipelineModel:
         """Process one MoldUDP64 datagram on the injection port, as :meth:`feed`."""
         return self._trade(self.market_data.inject(payload))
 
+    def submit(self, order: Mapping[str, int]) -> list[bytes]:
+        """A host order (``order_entry.host_*`` registers, then ``host_submit``): its order-port
+        frames (none when risk refuses it)."""
+        from tickwire.hdl.order import OrderSource
+        self.order_entry._count("order_entry.host_submitted")
+        return self._order(order_values(**order, source=OrderSource.HOST))
+
+    def exposure(self, update: Mapping[str, int]) -> None:
+        """A host exposure update (``order_entry.exposure_*`` registers, then ``exposure_submit``)."""
+        self.order_entry._count("order_entry.exposure_submitted")
+        self.risk.reference.exposure(update)
+        self.risk.process_counters()
+
+    def _order(self, order: Mapping[str, int]) -> list[bytes]:
+        from .risk_model import BookTop
+        numbered = self.order_entry.process(order)
+        slot = numbered["slot"]
+        book = BookTop(*self.book.model.query(slot)) if slot < self.book.model.slots else BookTop()
+        accepted, reason = self.risk.process(numbered, book)
+        if not accepted:
+            self.rejects.append((numbered, reason))
+            return []
+        self.accepted.append(numbered)
+        packet = self.ouch.process(numbered)
+        if packet is None:
+            return []
+        logger.debug("order %d: %s", numbered["user_ref_num"], packet.hex())
+        return [self.mac_tx.process(self.net_tx.process(packet))]
+
     def _trade(self, delivered: list[tuple[Delivered, Record | None]]) -> list[bytes]:
         out: list[bytes] = []
         for (sequence, _, recovered), record in delivered:
             if record is None or not self.symbols.process(record):
                 continue
-            intent = self.trigger.process(record, recovered)
-            if intent is None:
+            slot = self.symbols.slot(record["stock_locate"]) if record["stock_locate"] < self.symbols.max_locates else None
+            bbo = self.book.model.process(record, slot=slot, sequence_number=sequence, recovered=recovered)
+            if bbo is None:
                 continue
-            accepted, reason = self.risk.process(intent)
-            if not accepted:
-                continue
-            packet = self.ouch.process(intent)
-            logger.debug("order for sequence %d: %s", sequence, packet.hex())
-            out.append(self.mac_tx.process(self.net_tx.process(packet)))
+            values = bbo._asdict()
+            values["stock"] = int.from_bytes(values["stock"].encode("latin-1"), "little") if values["stock"] else 0
+            values["recovered"], values["trusted"] = int(values["recovered"]), int(values["trusted"])
+            self.bbos.append(values)
+            for order in self.trigger.process(values):
+                out += self._order(order)
         return out
 
     def feed_all(self, frames_with_fcs: Iterable[bytes]) -> list[bytes]:
@@ -765,7 +915,7 @@ class PipelineModel:
 
     @property
     def counters(self) -> dict[str, int]:
-        """Every ``ro`` register of the contract except ``id.*``, by name."""
+        """Every ``ro`` register of the contract except ``id.*`` and the indexed read-backs, by name."""
         merged: dict[str, int] = {}
         for stage in self._stages:
             merged.update(stage.counters)

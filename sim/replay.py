@@ -38,6 +38,19 @@ __all__ = ["Harness", "Replay", "build_harness", "replay_frames", "replay_messag
 logger = logging.getLogger(__name__)
 
 DUT = "market_data"
+#: DUTs the harness can be built around: name -> (record layout of ``o_records``, a factory of
+#: the component, for its register map). ``book_path`` sends top-of-book records
+#: (``tickwire sim book``).
+HARNESS_DUTS: dict[str, tuple[str, str]] = {
+    "market_data": ("tickwire.hdl.itch:record_layout", "tickwire.hdl.market_data:MarketDataTop"),
+    "book_path": ("tickwire.hdl.book:bbo_layout", "tickwire.hdl.market_data:BookTop"),
+}
+
+
+def _resolve(ref: str) -> Any:
+    import importlib
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 #: The harness's top-level module around the DUT (:func:`_wrapper`).
 WRAPPER = "replay_top"
 #: XGMII characters from /T/ (included) to the next /S/: the minimum inter-frame gap.
@@ -162,18 +175,21 @@ def _source_key() -> str:
                    " ".join(versions).encode())
 
 
-def build_harness(announce: Callable[[str], None] | None = None) -> Harness:
-    """The replay harness for the current gateware, built unless a build of the same Verilog and
-    harness sources exists. ``announce`` is told, in a sentence, when a build starts."""
+def build_harness(announce: Callable[[str], None] | None = None, *, dut: str = DUT) -> Harness:
+    """The replay harness for the current gateware around ``dut`` (:data:`HARNESS_DUTS`), built
+    unless a build of the same Verilog and harness sources exists. ``announce`` is told, in a
+    sentence, when a build starts."""
     from .runner import build_root
+    if dut not in HARNESS_DUTS:
+        raise ValueError(f"no replay harness for {dut!r}; known: {', '.join(HARNESS_DUTS)}")
     native = build_root() / "native"
-    index = native / "index" / _source_key()
+    index = native / "index" / (_source_key() + ("" if dut == DUT else f"-{dut}"))
     if index.exists():
         directory = native / index.read_text().strip()
         if (directory / ".built").exists():
             logger.debug("reusing replay harness %s", directory)
             return Harness.load(directory)
-    harness = _build(native, announce or (lambda text: logger.info("%s", text)))
+    harness = _build(native, announce or (lambda text: logger.info("%s", text)), dut)
     index.parent.mkdir(parents=True, exist_ok=True)
     tmp = index.with_suffix(f".{os.getpid()}")
     tmp.write_text(harness.directory.name + "\n")
@@ -181,16 +197,16 @@ def build_harness(announce: Callable[[str], None] | None = None) -> Harness:
     return harness
 
 
-def _build(native: Path, announce: Callable[[str], None]) -> Harness:
-    from tickwire.hdl.itch import record_layout
-    from tickwire.hdl.market_data import MarketDataTop
+def _build(native: Path, announce: Callable[[str], None], dut: str = DUT) -> Harness:
+    layout_ref, top_ref = HARNESS_DUTS[dut]
+    record_layout = _resolve(layout_ref)
     from .runner import generate, verilator_env, verilator_root
-    verilog, verilog_digest = generate(DUT)
-    ports = _top_ports(verilog.read_text(), DUT)
-    wrapper_text = _wrapper(ports)
+    verilog, verilog_digest = generate(dut)
+    ports = _top_ports(verilog.read_text(), dut)
+    wrapper_text = _wrapper(ports, dut)
     harness_digest = _digest(*(s.read_bytes() for s in _SOURCES), wrapper_text.encode(),
                              " ".join(_VERILATOR_FLAGS).encode())
-    directory = native / f"{DUT}-{verilog_digest}-{harness_digest}"
+    directory = native / f"{dut}-{verilog_digest}-{harness_digest}"
     if (directory / ".built").exists():
         return Harness.load(directory)
 
@@ -198,10 +214,10 @@ def _build(native: Path, announce: Callable[[str], None]) -> Harness:
     port = {name: width for _, width, name in ports}.get("o_records__payload")
     if port != record_layout.size:
         raise RuntimeError(f"o_records__payload is {port} bits in {verilog}, but record_layout "
-                           f"is {record_layout.size}: the DUT does not emit tickwire.hdl.itch records")
-    doc = {"dut": DUT, "verilog": verilog.name, "record_bits": record_layout.size,
+                           f"is {record_layout.size}: the DUT does not emit {layout_ref} records")
+    doc = {"dut": dut, "verilog": verilog.name, "record_bits": record_layout.size,
            "record_fields": [dataclasses.asdict(f) for f in fields],
-           "registers": _address_map(MarketDataTop())}
+           "registers": _address_map(_resolve(top_ref)())}
 
     native.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=native))
@@ -237,6 +253,57 @@ def _build(native: Path, announce: Callable[[str], None]) -> Harness:
     return Harness.load(directory)
 
 
+def verilate(native: Path, name: str, verilog: Path, wrapper_module: str, wrapper_text: str,
+             sources: tuple[Path, ...], executable: str, doc: Mapping[str, Any],
+             announce: Callable[[str], None]) -> Path:
+    """Build a native harness once: ``verilog`` (the DUT), the generated top level
+    ``wrapper_module`` (``wrapper_text``) and the C++ ``sources`` into ``executable`` in
+    ``native/<name>-<verilog hash>-<harness hash>/``, with ``doc`` beside it as ``harness.json``.
+    Returns that folder; an existing build of the same inputs is reused. (Other harnesses than
+    the replay, e.g. :mod:`tickwire.sim.card`, build through this.)"""
+    from .runner import verilator_env, verilator_root
+    flags = list(_VERILATOR_FLAGS)
+    flags[flags.index("--top-module") + 1] = wrapper_module
+    flags[flags.index("-o") + 1] = executable
+    verilog_digest = _digest(verilog.read_bytes())
+    harness_digest = _digest(*(s.read_bytes() for s in sources), wrapper_text.encode(),
+                             " ".join(flags).encode())
+    directory = native / f"{name}-{verilog_digest}-{harness_digest}"
+    if (directory / ".built").exists():
+        return directory
+    native.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=native))
+    wrapper = work / f"{wrapper_module}.v"
+    wrapper.write_text(wrapper_text)
+    env = {**os.environ, **verilator_env()}
+    command = [str(verilator_root() / "bin" / "verilator"), *flags, "-j", str(os.cpu_count() or 2),
+               str(verilog), str(wrapper), *(str(s) for s in sources)]
+    announce(f"building the {name} harness in {directory} "
+             f"(a few minutes, once per change of the gateware)")
+    t0 = time.monotonic()
+    with open(work / "build.log", "w") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        done = subprocess.run(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = (work / "build.log").read_text().splitlines()[-30:]
+        raise RuntimeError(f"building the {name} harness failed (exit {done.returncode}); "
+                           f"log: {work / 'build.log'}\n" + "\n".join(tail))
+    (work / "obj_dir" / executable).replace(work / executable)
+    shutil.rmtree(work / "obj_dir")
+    (work / "harness.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (work / ".built").write_text(f"{verilog_digest} {harness_digest}\n")
+    work.chmod(0o755)
+    try:
+        work.rename(directory)
+    except OSError:  # built by someone else meanwhile
+        if not (directory / ".built").exists():
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info("%s harness built in %.0f s", name, time.monotonic() - t0)
+    return directory
+
+
 def _address_map(top) -> dict[str, dict]:
     # Built only to read its register tables: never elaborated (generate() elaborates its own).
     for obj in (top, top.bank, *vars(top).values(), *vars(top.path).values()):
@@ -265,7 +332,7 @@ _READ = ("o_records__valid", "o_records__payload", "csr__r_data")
 _XGMII_IDLE = 0x07
 
 
-def _wrapper(ports: list[tuple[str, int, str]]) -> str:
+def _wrapper(ports: list[tuple[str, int, str]], dut: str = DUT) -> str:
     """The harness's top level around the DUT: the inputs the harness drives registered once, the
     others tied off, the outputs it does not read left open.
 
@@ -275,7 +342,7 @@ def _wrapper(ports: list[tuple[str, int, str]]) -> str:
     names = {name: (d, w) for d, w, name in ports}
     missing = [n for n in ("clk", *_DRIVEN, *_READ) if n not in names]
     if missing:
-        raise RuntimeError(f"{DUT} has no port {', '.join(missing)}: the replay harness needs "
+        raise RuntimeError(f"{dut} has no port {', '.join(missing)}: the replay harness needs "
                            f"{', '.join(_DRIVEN + _READ)}")
 
     def decl(width: int) -> str:
@@ -290,7 +357,7 @@ def _wrapper(ports: list[tuple[str, int, str]]) -> str:
         return f"{width}'h0"
 
     own = ("clk", *_DRIVEN, *_READ)
-    lines = [f"// Generated by tickwire.sim.replay: {DUT} as the replay harness drives it.",
+    lines = [f"// Generated by tickwire.sim.replay: {dut} as the replay harness drives it.",
              f"module {WRAPPER}(" + ", ".join(own) + ");", "  input clk;"]
     lines += [f"  input {decl(names[n][1])}{n};" for n in _DRIVEN]
     lines += [f"  output {decl(names[n][1])}{n};" for n in _READ]
@@ -308,7 +375,7 @@ def _wrapper(ports: list[tuple[str, int, str]]) -> str:
             connections.append(f".{name}({tie_off(name, w)})")
         else:
             connections.append(f".{name}()")
-    lines.append(f"  {DUT} dut(\n    " + ",\n    ".join(connections) + ");")
+    lines.append(f"  {dut} dut(\n    " + ",\n    ".join(connections) + ");")
     lines.append("endmodule")
     return "\n".join(lines) + "\n"
 

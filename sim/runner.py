@@ -77,6 +77,7 @@ class Dut:
 
 def _duts() -> dict[str, Dut]:
     from ..hdl import mac, net, moldudp64, itch, trigger, risk, ouch, top, market_data, symbols, arbiter
+    from ..hdl import ouch_inbound
     from ..hdl.ouch import ENTER_ORDER_PACKET_LENGTH
     return {
         "mac_rx": Dut("mac_rx", lambda: mac.MacRx(buffer_words=512)),
@@ -88,8 +89,10 @@ def _duts() -> dict[str, Dut]:
         "trigger": Dut("trigger", trigger.Trigger),
         "risk": Dut("risk", risk.Risk),
         "ouch": Dut("ouch", ouch.OuchEncoder),
+        "ouch_inbound": Dut("ouch_inbound", ouch_inbound.OuchParser),
         "top": Dut("tickwire_top", top.Appliance),
         "market_data": Dut("market_data", market_data.MarketDataTop),
+        "book_path": Dut("book_path", market_data.BookTop),
         "symbols": Dut("symbols", symbols.SymbolDirectory),
         "arbiter": Dut("packet_arbiter", lambda: arbiter.PacketArbiter(n_inputs=3)),
     }

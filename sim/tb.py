@@ -165,6 +165,16 @@ class CsrMaster:
         return value
 
     async def write(self, name: str, value: int) -> None:
+        """Write register ``name``; ``stage.register[index]`` writes the register's select
+        (``indexed_by``) with the index first."""
+        if name.endswith("]") and "[" in name:
+            base, _, index = name[:-1].partition("[")
+            reg = self.map[base]
+            if not reg.indexed_by:
+                raise KeyError(f"{base} is not an indexed register")
+            select = reg.indexed_by if "." in reg.indexed_by else f"{base.partition('.')[0]}.{reg.indexed_by}"
+            await self.write(select, int(index))
+            name = base
         reg = self.map[name]
         if not reg.writable:
             raise PermissionError(f"{name} is read-only")

@@ -39,8 +39,8 @@ class TB(StageTB):
         getattr(self.dut, f"regs__{name}").value = value
         self.registers.write(f"symbols.{name}", value)
 
-    async def track_locate(self, locate: int, flag: int) -> None:
-        value = flag << 16 | locate
+    async def track_locate(self, locate: int, flag: int, slot: int = 0) -> None:
+        value = slot << 17 | flag << 16 | locate
         self.dut.regs__track_locate.value = value
         self.dut.regs__track_locate_stb.value = 1
         await self.cycles(1)
@@ -88,14 +88,14 @@ async def run_test_random(dut, *, backpressure: bool):
             tb.set(f"track_name_{k}", _name_value(rng.choice(SYMBOLS)) if rng.random() < 0.3 else 0)
         for _ in range(3):
             if locates:
-                await tb.track_locate(rng.choice(list(locates)), rng.randint(0, 1))
+                await tb.track_locate(rng.choice(list(locates)), rng.randint(0, 1), rng.choice([rng.randrange(256), 256 + rng.randrange(9)]))
         await tb.track_locate(MAX_LOCATES + 3, 1)   # beyond the table: ignored
         await tb.cycles(2)
         records = [random_record(rng, locates) for _ in range(200)]
         expected = []
         for k, record in enumerate(records):
             if tb.model.process(record):
-                expected.append((sent + k, record_values(record, sent + k)))
+                expected.append((sent + k, tb.model.annotate(record_values(record, sent + k))))
         first_out = len(tb.beats("o_stream__"))
         await source.send(record_values(r, sent + k) for k, r in enumerate(records))
         sent += len(records)

@@ -16,7 +16,7 @@ from cocotbext.eth import XgmiiFrame, XgmiiSink, XgmiiSource
 
 from ..protocols import itch, moldudp64
 from ..protocols.net import ipv4_checksum
-from .defaults import DEFAULT_FEED, DEFAULT_REGISTERS, FEED_GROUP_B
+from .defaults import DEFAULT_FEED, DEFAULT_INDEXED, DEFAULT_REGISTERS, FEED_GROUP_B
 from .feed import build_feed, feed_frames, frames as udp_frames, generate_messages
 from .model import COUNTER_NAMES, PipelineModel, with_fcs
 from .pcap import read_pcap, write_pcap
@@ -31,6 +31,8 @@ class TB:
     uses them."""
 
     def __init__(self, dut, registers=None):
+        registers = dict(registers or {})
+        indexed = {n: registers.pop(n) for n in list(registers) if n.endswith("]")}
         self.dut = dut
         start_clock(dut)
         for line in ("feed_rx", "feed_rx_b"):
@@ -43,8 +45,9 @@ class TB:
         self.csr = CsrMaster(dut)
         self.rx_probe = XgmiiStartProbe(dut.clk, dut.feed_rx__data, dut.feed_rx__ctrl)
         self.tx_probe = XgmiiStartProbe(dut.clk, dut.order_tx__data, dut.order_tx__ctrl)
-        self.registers = {**DEFAULT_REGISTERS, **(registers or {})}
-        self.model = PipelineModel(self.registers)
+        self.registers = {**DEFAULT_REGISTERS, **registers}
+        self.indexed = {**DEFAULT_INDEXED, **indexed}
+        self.model = PipelineModel(self.registers, indexed=self.indexed)
 
     async def start(self):
         await reset(self.dut)
@@ -52,6 +55,9 @@ class TB:
         assert magic == self.csr.map.magic, f"id.magic reads {magic:#x}"
         assert await self.csr.read("id.regmap_version") == self.csr.map.regmap_version
         await self.csr.write_all(self.registers)
+        await self.csr.write_all(self.indexed)
+        # Leave the selects as the plain registers say (the indexed writes moved them).
+        await self.csr.write_all({n: self.registers[n] for n in ("risk.limit_slot", "risk.limit_session")})
 
     async def send(self, frames_with_fcs, *, errors=()):
         """Send frames (FCS included) back to back; the model predicts their orders."""
@@ -112,13 +118,21 @@ def _feed_frames(messages: list[bytes], *, first_sequence=1, session=None, max_m
     return feed_frames(messages, over)
 
 
-def _trigger_add(order_reference_number: int, price: int = 150_0000, shares: int = 100, locate: int | None = None):
-    """An Add Order that the default rule fires on (a sell at or below the limit)."""
-    regs = DEFAULT_REGISTERS
-    return itch.pack("A", stock_locate=regs["trigger.stock_locate"] if locate is None else locate,
-                     timestamp=34_200_000_000_000 + order_reference_number,
-                     order_reference_number=order_reference_number, buy_sell_indicator="S",
-                     shares=shares, stock="AAPL", price=price)
+#: The default feed's AAPL locate (tracked in book slot 0 by name: DEFAULT_REGISTERS).
+AAPL_LOCATE = DEFAULT_FEED["symbols"]["AAPL"]
+
+
+def _trigger_add(order_reference_number: int, price: int = 189_9000, shares: int = 100,
+                 locate: int | None = None) -> list[bytes]:
+    """Messages that make the default rule 0 fire once: a Stock Directory message for AAPL (so
+    the directory tracks it; repeats are harmless), a sell added at ``price`` (the best ask comes
+    down to the limit or below), and its delete (the rule stops holding, ready to fire again)."""
+    locate = AAPL_LOCATE if locate is None else locate
+    ts = 34_200_000_000_000 + order_reference_number
+    return [itch.pack("R", stock_locate=locate, timestamp=ts, stock="AAPL", market_category="Q"),
+            itch.pack("A", stock_locate=locate, timestamp=ts, order_reference_number=order_reference_number,
+                      buy_sell_indicator="S", shares=shares, stock="AAPL", price=price),
+            itch.pack("D", stock_locate=locate, timestamp=ts + 1, order_reference_number=order_reference_number)]
 
 
 @cocotb.test()
@@ -130,7 +144,7 @@ async def default_feed(dut):
     expected, owners = await tb.send(_with_fcs_all(f for _, f in feed))
     received = await tb.drain(len(expected))
     counters = await tb.check(expected, received)
-    assert len(expected) > 0 and counters["risk.rejected_notional"] > 0
+    assert len(expected) > 0 and counters["risk.rejected_notional"] > 0 and counters["book.bbo_updates"] > 50
     lat = tb.latencies(owners)
     logger.info("tick-to-trade cycles: min %d median %d max %d", min(lat), statistics.median(lat), max(lat))
 
@@ -145,7 +159,7 @@ async def bad_input_never_wedges(dut):
     ref = [1000]
 
     def good(extra=()):
-        msgs = list(extra) + [_trigger_add(ref[0])]
+        msgs = list(extra) + _trigger_add(ref[0])
         ref[0] += 1
         out = _feed_frames(msgs, first_sequence=seq[0])
         seq[0] += len(msgs)
@@ -164,7 +178,7 @@ async def bad_input_never_wedges(dut):
     bad = bytearray(with_fcs(good()))
     bad[-1] ^= 0xFF
     frames.append(bytes(bad))
-    seq[0] -= 1  # that datagram never arrived: the next good one reports... a gap
+    seq[0] -= 3  # that datagram never arrived: the next good one takes its sequence numbers
     frames.append(with_fcs(good()))
     # truncated on the wire (cut short, FCS of the whole frame missing)
     frames.append(with_fcs(good())[:50])
@@ -181,38 +195,40 @@ async def bad_input_never_wedges(dut):
     frames.append(with_fcs(bytes(f)))
     frames.append(with_fcs(good()))
     # wrong UDP port
-    payload = moldudp64.pack(cfg["session"], seq[0], [_trigger_add(ref[0])])
+    payload = moldudp64.pack(cfg["session"], seq[0], _trigger_add(ref[0]))
     frames.append(with_fcs(raw_udp(payload, dst_port=cfg["dst_port"] + 1)))
     frames.append(with_fcs(good()))
     # unknown ITCH type and a known type with the wrong length, inside a good datagram
     frames.append(with_fcs(good([b"z" + bytes(20), itch.pack("D", order_reference_number=7) + b"\0"])))
     # ITCH block length running past the datagram
-    msgs = [_trigger_add(ref[0]), _trigger_add(ref[0] + 1)]
+    msgs = _trigger_add(ref[0]) + _trigger_add(ref[0] + 1)
     ref[0] += 2
     payload = bytearray(moldudp64.pack(cfg["session"], seq[0], msgs))
-    seq[0] += 2
+    seq[0] += len(msgs)
     payload = payload[:-10]
     frames.append(with_fcs(raw_udp(bytes(payload))))
     frames.append(with_fcs(good()))
     # block length below the shortest ITCH message (malformed)
-    payload = bytearray(moldudp64.pack(cfg["session"], seq[0], [_trigger_add(ref[0])]))
+    payload = bytearray(moldudp64.pack(cfg["session"], seq[0], _trigger_add(ref[0])))
     payload[20:22] = (3).to_bytes(2, "big")
     frames.append(with_fcs(raw_udp(bytes(payload))))
-    seq[0] += 1
+    seq[0] += 3
     frames.append(with_fcs(good()))
     # a MoldUDP64 gap, then a duplicate (old sequence numbers), then a heartbeat past a gap
     seq[0] += 5
     frames.append(with_fcs(good()))
     old = seq[0] - 3
-    frames.append(with_fcs(_feed_frames([_trigger_add(9999)], first_sequence=old)[0]))
+    frames.append(with_fcs(_feed_frames(_trigger_add(9999), first_sequence=old, max_messages=3)[0]))
     frames.append(with_fcs(raw_udp(moldudp64.pack(cfg["session"], seq[0] + 4, []))))
     seq[0] += 4
     frames.append(with_fcs(good()))
     # datagram shorter than its header
     frames.append(with_fcs(raw_udp(b"TICKWIRE01\0\0")))
     # a new session
-    frames.append(with_fcs(_feed_frames([_trigger_add(ref[0])], session="TICKWIRE02", first_sequence=77)[0]))
-    frames.append(with_fcs(_feed_frames([_trigger_add(ref[0] + 1)], session="TICKWIRE02", first_sequence=78)[0]))
+    frames.append(with_fcs(_feed_frames(_trigger_add(ref[0]), session="TICKWIRE02", first_sequence=77,
+                                        max_messages=3)[0]))
+    frames.append(with_fcs(_feed_frames(_trigger_add(ref[0] + 1), session="TICKWIRE02", first_sequence=80,
+                                        max_messages=3)[0]))
 
     expected, owners = await tb.send(frames, errors=errors)
     received = await tb.drain(len(expected))
@@ -230,7 +246,7 @@ async def kill_switch(dut):
     await tb.start()
     await tb.csr.write("risk.kill", 1)
     tb.model.registers.write("risk.kill", 1)
-    msgs = [_trigger_add(n) for n in range(1, 6)]
+    msgs = [m for n in range(1, 6) for m in _trigger_add(n)]
     expected, _ = await tb.send(_with_fcs_all(_feed_frames(msgs, max_messages=2)))
     assert expected == []
     for _ in range(300):
@@ -238,8 +254,8 @@ async def kill_switch(dut):
     assert tb.sink.empty()
     await tb.csr.write("risk.kill", 0)
     tb.model.registers.write("risk.kill", 0)
-    msgs = [_trigger_add(n) for n in range(6, 9)]
-    more, _ = await tb.send(_with_fcs_all(_feed_frames(msgs, first_sequence=6)))
+    msgs = [m for n in range(6, 9) for m in _trigger_add(n)]
+    more, _ = await tb.send(_with_fcs_all(_feed_frames(msgs, first_sequence=16)))
     received = await tb.drain(len(more))
     counters = await tb.check(more, received)
     assert counters["risk.rejected_kill"] == 5 and len(more) == 3
@@ -249,7 +265,8 @@ async def kill_switch(dut):
 async def random_feeds(dut):
     """Feeds from other seeds, with other datagram sizes, against the model."""
     seed = int(os.environ.get("TICKWIRE_RANDOM_SEED", "7"))
-    tb = TB(dut, {"risk.max_order_notional": 100 * 191_0000})
+    tb = TB(dut, {"risk.max_order_notional[0]": 100 * 191_0000, "risk.max_open_orders[0]": 1000,
+                  "risk.max_long_position[0]": 100_000})
     await tb.start()
     messages = generate_messages(400, seed=seed, symbols=DEFAULT_FEED["symbols"])
     frames = _feed_frames(messages, max_messages=1 + seed % 20)

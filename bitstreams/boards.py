@@ -45,7 +45,12 @@ def _ecpix5_platform():
 #: docs/boards.md).
 ECPIX5_CORE_DIVIDER = 15
 ECPIX5_MAC_ADDRESS = 0x02_74_77_69_72_01   # locally administered, "twir", 01
-ECPIX5_APPLIANCE = {"order_queue_depth": 16, "rx_buffer_words": 512}
+#: ECPIX-5 sizes: the ECP5-85F has 208 EBR (3.7 Mbit) and 83,640 LUT4, so the book keeps 16 symbols,
+#: 2,048 live orders (4 ways) and 4 levels per side, with 2 order sessions and the smallest feed
+#: buffer MacRx takes (512 words: two maximum frames); the measured utilization is in
+#: docs/benchmarks.md.
+ECPIX5_APPLIANCE = {"order_queue_depth": 16, "rx_buffer_words": 512, "sessions": 2,
+                    "book": {"slots": 16, "capacity": 2048, "ways": 4, "depth": 4}}
 
 
 def _ecpix5_top():

@@ -1,29 +1,7 @@
-"""Register access over Ethernet: request and reply frames of EtherType 0x88B5, and the gateware
-that answers them on the register bus.
-
-The protocol (what a host speaks to an ECP5 card with a single Ethernet port):
-
-* An Ethernet II frame to the card's MAC address (or broadcast) with EtherType 0x88B5 (IEEE
-  802 local experimental EtherType 1) and this payload, big-endian:
-
-  ======  =====  ===========  ============================================================
-  offset  bytes  field        meaning
-  ======  =====  ===========  ============================================================
-  0       1      version      ``MANAGEMENT_VERSION`` (1); other versions are ignored
-  1       1      opcode       1 read, 2 write; the reply has 0x80 set
-  2       2      sequence     copied into the reply, so the host matches replies
-  4       2      address      32-bit word address on the register bus (``host/registers.json``)
-  6       4      data         write: the value; reply: the value read (write: the value written)
-  ======  =====  ===========  ============================================================
-
-* The card answers every request it takes with one reply frame from its own MAC address to the
-  requester's, padded to the Ethernet minimum. Frames with a bad FCS never reach the port (its
-  own ``MacRx`` drops them); requests with another version or opcode get no reply.
-"""
+"""Register access over Ethernet: the gateware that answers EtherType 0x88B5 requests (frame
+layout in :mod:`tickwire.protocols.management`) on the register bus."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from amaranth.hdl import Module, Signal, Cat, Const, Mux
 from amaranth.lib import wiring, stream
@@ -31,63 +9,13 @@ from amaranth.lib.wiring import In, Out
 
 from ..hdl.csr import CsrBusSignature
 from ..hdl.packet import packet_layout
+from ..protocols.management import (FRAME_LENGTH, MANAGEMENT_ETHERTYPE, MANAGEMENT_VERSION,
+                                    PAYLOAD_FIELDS, READ, REPLY, WRITE)
+from ..protocols.net import ETHERNET_HEADER_LENGTH
 
-__all__ = ["MANAGEMENT_ETHERTYPE", "MANAGEMENT_VERSION", "READ", "WRITE", "REPLY",
-           "PAYLOAD_FIELDS", "ManagementRequest", "encode_request", "decode_reply", "ManagementPort"]
+__all__ = ["ManagementPort"]
 
-MANAGEMENT_ETHERTYPE = 0x88B5
-MANAGEMENT_VERSION = 1
-READ = 1
-WRITE = 2
-REPLY = 0x80
-#: Payload fields after the EtherType: name -> (offset, bytes). The gateware slices by these too.
-PAYLOAD_FIELDS = {"version": (0, 1), "opcode": (1, 1), "sequence": (2, 2), "address": (4, 2),
-                  "data": (6, 4)}
-PAYLOAD_LENGTH = 10
-_HEADER = 14   # destination, source, EtherType
-
-
-@dataclass(frozen=True)
-class ManagementRequest:
-    opcode: int
-    sequence: int
-    address: int
-    data: int = 0
-
-
-def _payload(opcode: int, sequence: int, address: int, data: int) -> bytes:
-    values = {"version": MANAGEMENT_VERSION, "opcode": opcode, "sequence": sequence,
-              "address": address, "data": data}
-    out = bytearray(PAYLOAD_LENGTH)
-    for name, (offset, size) in PAYLOAD_FIELDS.items():
-        if not 0 <= values[name] < 1 << (8 * size):
-            raise ValueError(f"{name} must fit {size} bytes, not {values[name]!r}")
-        out[offset:offset + size] = values[name].to_bytes(size, "big")
-    return bytes(out)
-
-
-def encode_request(request: ManagementRequest, *, destination: bytes, source: bytes) -> bytes:
-    """A request frame without FCS."""
-    if request.opcode not in (READ, WRITE):
-        raise ValueError(f"opcode must be READ ({READ}) or WRITE ({WRITE}), not {request.opcode!r}")
-    return (destination + source + MANAGEMENT_ETHERTYPE.to_bytes(2, "big")
-            + _payload(request.opcode, request.sequence, request.address, request.data))
-
-
-def decode_reply(frame: bytes) -> tuple[bytes, bytes, ManagementRequest]:
-    """(destination, source, reply) of a reply frame without FCS; ``ValueError`` if it is none."""
-    if len(frame) < _HEADER + PAYLOAD_LENGTH:
-        raise ValueError(f"a management reply has at least {_HEADER + PAYLOAD_LENGTH} bytes, "
-                         f"not {len(frame)}")
-    if int.from_bytes(frame[12:14], "big") != MANAGEMENT_ETHERTYPE:
-        raise ValueError(f"not a management frame: EtherType 0x{frame[12:14].hex()}")
-    p = frame[_HEADER:]
-    f = {name: int.from_bytes(p[o:o + s], "big") for name, (o, s) in PAYLOAD_FIELDS.items()}
-    if f["version"] != MANAGEMENT_VERSION or not f["opcode"] & REPLY:
-        raise ValueError(f"not a version-{MANAGEMENT_VERSION} reply: version {f['version']}, "
-                         f"opcode 0x{f['opcode']:02x}")
-    return frame[:6], frame[6:12], ManagementRequest(f["opcode"] & ~REPLY, f["sequence"],
-                                                     f["address"], f["data"])
+_HEADER = ETHERNET_HEADER_LENGTH
 
 
 def _frame_byte(words, offset):
@@ -100,7 +28,8 @@ def _be(words, offset, size):
 
 
 class ManagementPort(wiring.Component):
-    """Answers register requests (EtherType 0x88B5, see the module) on the register bus.
+    """Answers register requests (EtherType 0x88B5, :mod:`tickwire.protocols.management`) on the
+    register bus: a read strobes ``r_stb`` and returns ``r_data``; a write strobes ``w_stb``.
 
     Parameters
     ----------
@@ -141,7 +70,7 @@ class ManagementPort(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        n_words = (_HEADER + PAYLOAD_LENGTH + 7) // 8     # words that hold the whole request
+        n_words = (FRAME_LENGTH + 7) // 8     # words that hold the whole request
         words = [Signal(64, name=f"word{k}") for k in range(n_words)]
         index = Signal(range(n_words + 1))
         length = Signal(16)
@@ -159,7 +88,7 @@ class ManagementPort(wiring.Component):
         opcode = field("opcode")
         take = Signal()
         m.d.comb += take.eq((ethertype == MANAGEMENT_ETHERTYPE) & (field("version") == MANAGEMENT_VERSION)
-                            & ((opcode == READ) | (opcode == WRITE)) & (length >= _HEADER + PAYLOAD_LENGTH)
+                            & ((opcode == READ) | (opcode == WRITE)) & (length >= FRAME_LENGTH)
                             & ((dst == int.from_bytes(mac, "little")) | (dst == (1 << 48) - 1)))
         value = Signal(32)
         reply = [Signal(64, name=f"reply{k}") for k in range(n_words)]
@@ -212,7 +141,7 @@ class ManagementPort(wiring.Component):
                 m.next = "SEND"
             with m.State("SEND"):
                 # Offers the reply's words until the last is taken.
-                total = _HEADER + PAYLOAD_LENGTH
+                total = FRAME_LENGTH
                 o = self.o_stream
                 m.d.comb += [o.valid.eq(1), o.payload.length.eq(total),
                              o.payload.last.eq(out_index == n_words - 1),

@@ -35,6 +35,7 @@ bbo_layout = data.StructLayout({
 book_event_layout = data.StructLayout({
     "kind": 3,
     "slot": 16,
+    "stock_locate": 16,
     "order_reference_number": 64,
     "sequence_number": 64,
 })
@@ -352,6 +353,7 @@ class Book(wiring.Component):
             with m.Else():
                 m.d.comb += [store_event_valid.eq(1), store_event.kind.eq(EVENT_KINDS["collision"]),
                              store_event.slot.eq(meta_slot), store_event.order_reference_number.eq(ref),
+                             store_event.stock_locate.eq(Mux(s2u, op_meta.locate, s1_locate)),
                              store_event.sequence_number.eq(s1_sequence)]
                 m.d.comb += set_by_store.eq(Const(1, self.slots) << meta_slot)
                 m.d.sync += counters["collisions"].eq(counters["collisions"] + 1)
@@ -391,6 +393,7 @@ class Book(wiring.Component):
                 with m.If(bad):
                     m.d.comb += [store_event_valid.eq(1), store_event.kind.eq(EVENT_KINDS["unknown_reference"]),
                                  store_event.slot.eq(s1_slot), store_event.order_reference_number.eq(s1_ref),
+                                 store_event.stock_locate.eq(s1_locate),
                                  store_event.sequence_number.eq(s1_sequence)]
                     m.d.comb += set_by_store.eq(Const(1, self.slots) << s1_slot)
                     m.d.sync += [counters["unknown_references"].eq(counters["unknown_references"] + 1),
@@ -538,6 +541,7 @@ class Book(wiring.Component):
                 m.d.comb += set_by_level.eq(Const(1, self.slots) << op_slot)
             with m.If(outside | exhausted):
                 m.d.comb += [level_event_valid.eq(1), level_event.slot.eq(op_slot),
+                             level_event.stock_locate.eq(op_meta.locate),
                              level_event.order_reference_number.eq(op_ref),
                              level_event.sequence_number.eq(op_meta.sequence),
                              level_event.kind.eq(Mux(exhausted, EVENT_KINDS["depth_exhausted"],

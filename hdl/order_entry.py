@@ -28,7 +28,7 @@ HOST_EXPOSURE_FIELDS = {"kind": 3, "session": 8, "slot": 16, "side": 8, "quantit
 
 def _hex_ascii(nibble):
     """ASCII upper-case hex digit of a 4-bit value, 8 bits wide."""
-    return Mux(nibble < 10, nibble + ord("0"), nibble + (ord("A") - 10))[:8]
+    return Mux(nibble < 10, nibble + ord("0"), nibble + (ord("A") - 10)).as_unsigned() | Const(0, 8)
 
 
 class OrderEntry(wiring.Component):

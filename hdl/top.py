@@ -16,6 +16,7 @@ from .order_entry import OrderEntry
 from .risk import Risk, reject_layout
 from .ouch import OuchEncoder, MAX_PACKET_LENGTH
 from .packet import PacketGather
+from .events import EventStage, event_record_layout
 
 __all__ = ["Appliance", "Identity", "STAGE_ORDER", "CLOCK_HZ", "FEED_PORTS"]
 
@@ -28,7 +29,7 @@ CLOCK_HZ = 156_250_000
 #: Register windows in address order (stage name -> window index). Feed line B's MAC and filter
 #: come last, so every window that existed before line B keeps its address.
 STAGE_ORDER = ("id", "mac_rx", "net_rx", "moldudp64", "itch", "trigger", "risk", "ouch", "net_tx", "mac_tx",
-               "mac_rx_b", "net_rx_b", "symbols", "book", "order_entry")
+               "mac_rx_b", "net_rx_b", "symbols", "book", "order_entry", "events")
 
 
 class Identity(wiring.Component):
@@ -99,6 +100,9 @@ class Appliance(wiring.Component):
         Order actions risk refused, with the reason, for the host.
     o_accepted : Out(stream.Signature(order_layout, always_ready=True))
         A copy of every order action risk accepted, for the host (drop copy).
+    o_events : Out(stream.Signature(event_record_layout))
+        The same four sources (accepted, rejected, book events, gaps) as 32-byte event records
+        (:mod:`tickwire.protocols.events`), for the host's event ring.
     order_tx : Out(XgmiiSignature)
     csr : In(CsrBusSignature)
 
@@ -125,7 +129,8 @@ class Appliance(wiring.Component):
         self.gather = PacketGather(max_payload=MAX_PACKET_LENGTH)
         self.net_tx = NetTx(max_payload=MAX_PACKET_LENGTH)
         self.mac_tx = MacTx()
-        stages = {"id": self.identity, **self.market_data.stages, "symbols": self.symbols, "book": self.book,
+        self.events = EventStage()
+        stages = {"events": self.events, "id": self.identity, **self.market_data.stages, "symbols": self.symbols, "book": self.book,
                   "trigger": self.trigger, "order_entry": self.order_entry,
                   "risk": self.risk, "ouch": self.ouch, "net_tx": self.net_tx, "mac_tx": self.mac_tx}
         self.stages = {name: stages[name] for name in STAGE_ORDER}
@@ -137,6 +142,7 @@ class Appliance(wiring.Component):
             "o_book_event": Out(stream.Signature(book_event_layout, always_ready=True)),
             "o_reject": Out(stream.Signature(reject_layout, always_ready=True)),
             "o_accepted": Out(stream.Signature(order_layout, always_ready=True)),
+            "o_events": Out(stream.Signature(event_record_layout)),
             "order_tx": Out(XgmiiSignature()),
             "csr": In(CsrBusSignature()),
         })
@@ -157,12 +163,18 @@ class Appliance(wiring.Component):
         connect(m, self.market_data.o_records, self.symbols.i_stream)
         connect(m, self.symbols.o_stream, self.book.i_stream)
         connect(m, self.book.o_stream, self.trigger.i_stream)
-        connect(m, self.book.o_event, wiring.flipped(self.o_book_event))
+        # The host-facing pulses go out as they are and, as event records, through the event stage.
+        for source, port, sink in ((self.book.o_event, self.o_book_event, self.events.i_book),
+                                   (self.risk.o_reject, self.o_reject, self.events.i_reject),
+                                   (self.market_data.o_gap, None, self.events.i_gap)):
+            m.d.comb += [sink.valid.eq(source.valid), sink.payload.eq(source.payload)]
+            if port is not None:
+                m.d.comb += [port.valid.eq(source.valid), port.payload.eq(source.payload)]
+        connect(m, self.events.o_stream, wiring.flipped(self.o_events))
         connect(m, self.trigger.o_stream, self.order_entry.i_trigger)
         connect(m, self.order_entry.o_stream, self.risk.i_stream)
         connect(m, self.order_entry.o_exposure, self.risk.i_exposure)
         connect(m, self.risk.book, self.book.query)
-        connect(m, self.risk.o_reject, wiring.flipped(self.o_reject))
 
         # Accepted orders queue for the order port so a burst never stalls the market-data path.
         queue = m.submodules.order_queue = fifo.SyncFIFOBuffered(
@@ -171,6 +183,7 @@ class Appliance(wiring.Component):
         m.d.comb += [queue.w_en.eq(self.risk.o_stream.valid), queue.w_data.eq(self.risk.o_stream.payload),
                      self.risk.o_stream.ready.eq(queue.w_rdy),
                      self.o_accepted.valid.eq(take), self.o_accepted.payload.eq(self.risk.o_stream.payload),
+                     self.events.i_accepted.valid.eq(take), self.events.i_accepted.payload.eq(self.risk.o_stream.payload),
                      self.ouch.i_stream.valid.eq(queue.r_rdy), self.ouch.i_stream.payload.eq(queue.r_data),
                      queue.r_en.eq(self.ouch.i_stream.ready)]
         m.submodules.gather = self.gather

@@ -20,19 +20,17 @@ from .errors import TickwireError
 from .regmap import (Register, RegisterAccessError, RegisterMap, RegisterMapError, Registers,
                      check_identity as _check_identity)
 
-__all__ = ["Card", "CardFeatureError", "OrderQueueFull", "ORDER_QUEUE_STAGE", "EVENTS_STAGE",
-           "ORDER_QUEUE_REQUIRED", "ORDER_QUEUE_OPTIONAL"]
+__all__ = ["Card", "CardFeatureError", "OrderQueueFull", "ORDER_ENTRY_STAGE", "EVENTS_STAGE",
+           "ORDER_ENTRY_REQUIRED"]
 
 logger = logging.getLogger(__name__)
 
 #: The event stage's registers: where the event ring is (see Card._program_event_ring).
 EVENTS_STAGE = "event_ring"
-#: The host order queue (not in the gateware yet; see :meth:`Card.submit_order`).
-ORDER_QUEUE_STAGE = "order_queue"
-ORDER_QUEUE_REQUIRED = ("action", "session", "slot", "side", "quantity", "price", "user_ref_num",
-                        "submit", "space")
-ORDER_QUEUE_OPTIONAL = ("orig_user_ref_num", "stock", "stock_locate", "time_in_force", "display",
-                        "capacity", "intermarket_sweep_eligibility", "cross_type")
+#: The host order registers (``order_entry.host_<field>``, hdl/order_entry.py).
+ORDER_ENTRY_STAGE = "order_entry"
+ORDER_ENTRY_REQUIRED = ("action", "session", "slot", "side", "quantity", "price", "user_ref_num",
+                        "submit", "dropped")
 _ACTIONS = {"O": "enter", "U": "replace", "X": "cancel", "M": "modify"}
 
 
@@ -163,50 +161,49 @@ class Card:
 
     # -- host orders ------------------------------------------------------------------------------
 
-    def submit_order(self, *, side: str, quantity: int, price: int, user_ref_num: int,
+    def submit_order(self, *, side: str, quantity: int, price: int, user_ref_num: int = 0,
                      session: int = 0, slot: int = 0, action: str = "O",
                      **optional: int) -> None:
         """Queue an order action from the host on the card; risk checks it like a trigger order.
 
-        Needs the host order queue, stage ``order_queue`` (:data:`ORDER_QUEUE_STAGE`), with
-        ``rw`` registers ``action`` (ASCII OUCH type: 'O' enter, 'U' replace, 'X' cancel,
-        'M' modify), ``session``, ``slot`` (tracked-symbol slot), ``side`` (ASCII), ``quantity``,
-        ``price`` (4 implied decimals), ``user_ref_num``, the optional ``orig_user_ref_num``,
-        ``stock`` (ASCII, first character in bits 7:0), ``stock_locate``, ``time_in_force``,
-        ``display``, ``capacity``, ``intermarket_sweep_eligibility``, ``cross_type``; ``submit``
-        (``rw`` with a strobe: writing 1 queues the action made of the values written) and
-        ``space`` (``ro``: free queue entries). The fields of ``tickwire.hdl.order.order_layout``
-        carry the same names. Raises :class:`CardFeatureError` when the map lacks them,
-        :class:`OrderQueueFull` when ``space`` reads 0, and checks every value before writing.
+        Uses the order entry stage's host order registers (``hdl/order_entry.py``): every
+        ``order_entry.host_<field>`` is written (the fields given here and in ``optional``, the
+        others 0, so nothing of an earlier order stays staged), then ``order_entry.host_submit``.
+        ``action`` is the OUCH type ('O' enter, 'U' replace, 'X' cancel, 'M' modify); ``side``
+        ASCII; ``price`` 4 implied decimals; ``user_ref_num`` 0 lets the card number an Enter or
+        Replace. Raises :class:`CardFeatureError` when the map has no host order registers,
+        :class:`OrderQueueFull` when the card dropped the order (``host_dropped`` went up), and
+        checks every value before writing anything.
         """
-        stage = ORDER_QUEUE_STAGE
-        missing = [n for n in ORDER_QUEUE_REQUIRED if f"{stage}.{n}" not in self.regmap]
+        prefix = f"{ORDER_ENTRY_STAGE}.host_"
+        missing = [n for n in ORDER_ENTRY_REQUIRED if f"{prefix}{n}" not in self.regmap]
         if missing:
             raise CardFeatureError(
-                f"register map {self.regmap.source} has no host order queue: stage {stage!r} "
-                f"lacks {', '.join(missing)} (the gateware's order queue is not built yet)")
+                f"register map {self.regmap.source} has no host order queue: "
+                f"{', '.join(prefix + n for n in missing)} missing")
         if action not in _ACTIONS:
             raise TickwireError(f"order action must be one of {', '.join(_ACTIONS)} "
                                 f"({', '.join(_ACTIONS.values())}), not {action!r}")
-        unknown = sorted(set(optional) - set(ORDER_QUEUE_OPTIONAL))
+        fields = [r.name[len("host_"):] for r in self.regmap.stage(ORDER_ENTRY_STAGE)
+                  if r.name.startswith("host_") and r.writable and r.name != "host_submit"]
+        unknown = sorted(set(optional) - set(fields))
         if unknown:
-            raise TickwireError(f"unknown order fields {', '.join(unknown)} (optional fields: "
-                                f"{', '.join(ORDER_QUEUE_OPTIONAL)})")
-        absent = [n for n in optional if f"{stage}.{n}" not in self.regmap]
-        if absent:
-            raise CardFeatureError(f"the card's order queue has no {', '.join(absent)}")
-        values: dict[str, int] = {"action": ord(action), "session": session, "slot": slot,
-                                  "side": _ascii(side, "side"), "quantity": quantity,
-                                  "price": price, "user_ref_num": user_ref_num, **optional}
+            raise CardFeatureError(f"the card's host orders have no {', '.join(unknown)} "
+                                   f"(fields: {', '.join(fields)})")
+        given = {"action": ord(action), "session": session, "slot": slot,
+                 "side": _ascii(side, "side"), "quantity": quantity, "price": price,
+                 "user_ref_num": user_ref_num, **optional}
+        values = {name: given.get(name, 0) for name in fields}
         for name, value in values.items():
-            self.regmap[f"{stage}.{name}"].check_value(value)
+            self.regmap[f"{prefix}{name}"].check_value(value)
         with self._lock:
-            if self.registers.read(f"{stage}.space") == 0:
-                raise OrderQueueFull("the card's host order queue is full; wait for its orders "
-                                     "to leave (order_queue.space reads 0)")
+            dropped = self.registers.read(f"{prefix}dropped")
             for name, value in values.items():
-                self.registers.write(f"{stage}.{name}", value)
-            self.registers.write(f"{stage}.submit", 1)
+                self.registers.write(f"{prefix}{name}", value)
+            self.registers.write(f"{prefix}submit", 1)
+            if self.registers.read(f"{prefix}dropped") != dropped:
+                raise OrderQueueFull("the card's host order queue was full: the order was "
+                                     "dropped (order_entry.host_dropped went up)")
         logger.info("host order %s: %s %d @ %d, user_ref_num %d, session %d, slot %d",
                     _ACTIONS[action], side, quantity, price, user_ref_num, session, slot)
 

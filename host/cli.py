@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s, the minimum inter-frame gap)")
     decode.set_defaults(handler=_cmd_sim_decode)
     importlib.import_module("tickwire.sim.card").add_commands(sim_commands, [verbose])  # serve
+    importlib.import_module("tickwire.sim.book_replay").add_commands(sim_commands, [verbose])  # book
 
     itch = commands.add_parser(
         "itch", parents=[verbose], help="make and convert ITCH capture files",

@@ -78,14 +78,16 @@ def _json_line(record: Mapping[str, int], symbols: Sequence[str]) -> dict[str, A
 
 
 def book_to_jsonl(path: str | os.PathLike, out: TextIO, symbols: Sequence[str], *,
-                  track: Track = no_track, **kwargs: Any) -> Replay:
+                  track: Track = no_track, keep: list | None = None, **kwargs: Any) -> Replay:
     """Write one JSON object a line to ``out`` per top-of-book change the gateware makes of
     ``path`` for ``symbols``: symbol, timestamp, bid_price, bid_shares, ask_price, ask_shares
     (0 where a side is empty; prices with 4 implied decimals), then bid_orders, ask_orders,
-    trusted and sequence_number. Returns the finished run."""
+    trusted and sequence_number. Returns the finished run; ``keep`` (a list) gets every record."""
     run = replay_book_file(path, symbols, **kwargs)
     encode = json.JSONEncoder(separators=(", ", ": ")).encode
     for record in track(iter(run), None, f"book of {Path(path).name}"):
+        if keep is not None:
+            keep.append(record)
         out.write(encode(_json_line(record, symbols)))
         out.write("\n")
     return run
@@ -143,3 +145,50 @@ def compare_bbos(got: Iterable[Mapping[str, int]], want: Iterable[Mapping[str, i
             elif len(result.differences) < keep:
                 result.differences.append((index, {k: (g.get(k), w.get(k)) for k in w if g.get(k) != w.get(k)}))
     return result
+
+
+def add_commands(commands: Any, parents: list) -> None:
+    """``tickwire sim book``: registered by :mod:`tickwire.host.cli`."""
+    book = commands.add_parser(
+        "book", parents=parents, help="order book of an ITCH capture, built by the gateware",
+        description="Run FILE (raw ITCH or a pcap of MoldUDP64) through the market-data path, the "
+                    "symbol directory and the order book in the native replay harness, tracking "
+                    "SYMBOLS, and write one JSON object per change of a symbol's best bid or offer.")
+    book.add_argument("file", metavar="FILE", type=Path, help="raw ITCH file or pcap")
+    book.add_argument("--symbols", metavar="SYM,SYM", required=True,
+                      help=f"symbols to track, comma-separated (at most {MAX_NAMED_SYMBOLS})")
+    book.add_argument("-o", "--output", metavar="OUT", type=Path, default=None,
+                      help="JSON lines file to write (default: standard output)")
+    book.add_argument("--check", action="store_true",
+                      help="also run the reference book over FILE and fail unless every record is equal")
+    book.set_defaults(handler=_cmd_sim_book)
+
+
+def _cmd_sim_book(args: Any) -> int:
+    import logging
+    import sys
+    from .itchfile import detect_format, pcap_messages, read_raw_itch, replacing
+    from .progress import track
+    logger = logging.getLogger("tickwire.sim.book")
+    symbols = parse_symbols(args.symbols)
+    if not args.file.is_file():
+        raise BookReplayError(f"{args.file} not found")
+    harness = build_harness(announce=lambda text: print(f"tickwire: {text}", file=sys.stderr), dut=BOOK_DUT)
+    got: list[dict[str, int]] | None = [] if args.check else None
+    if args.output is None:
+        run = book_to_jsonl(args.file, sys.stdout, symbols, harness=harness, keep=got)
+    else:
+        with replacing(args.output) as tmp, open(tmp, "w") as out:
+            run = book_to_jsonl(args.file, out, symbols, track=track, harness=harness, keep=got)
+    counters = {k: v for k, v in run.counters.items() if k.startswith("book.") and not k.startswith("book.lookup")}
+    print(f"{args.file}: {run.records} top-of-book changes for {', '.join(symbols)} in {run.seconds:.1f} s; "
+          + ", ".join(f"{k.partition('.')[2]} {v}" for k, v in counters.items()), file=sys.stderr)
+    if args.check:
+        messages = read_raw_itch(args.file) if detect_format(args.file) == "itch" else pcap_messages(args.file)
+        result = compare_bbos(got or [], model_bbos(messages, symbols))
+        logger.info("reference book: %d compared, %d equal", result.compared, result.equal)
+        if not result.ok:
+            raise BookReplayError(f"the gateware's book differs from the reference: {result.differences[:3]} "
+                                  f"(missing {result.missing}, extra {result.extra})")
+        print(f"reference book: all {result.compared} records equal", file=sys.stderr)
+    return 0

@@ -21,6 +21,7 @@ from tickwire.protocols import itch, moldudp64, ouch, soupbintcp
 from tickwire.protocols.events import EventType
 from tickwire.protocols.net import UDP_PAYLOAD_OFFSET, FCS_LENGTH, fcs
 from tickwire.protocols.risk import RejectReason
+from tickwire.sim import defaults
 from tickwire.sim.defaults import DEFAULT_FEED, DEFAULT_REGISTERS, FEED_GROUP_B
 from tickwire.sim.feed import udp_frame
 from tickwire.protocols.net import multicast_mac
@@ -58,6 +59,9 @@ def card(server):
     for name, value in DEFAULT_REGISTERS.items():
         if name in card.regmap and card.regmap[name].writable and not card.regmap[name].indexed_by:
             card.write(name, value)
+    for key, value in getattr(defaults, "DEFAULT_INDEXED", {}).items():  # "stage.name[index]"
+        name, _, index = key.rstrip("]").partition("[")
+        card.write(name, value, index=int(index))
     yield card
     card.close()
 

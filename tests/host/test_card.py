@@ -31,9 +31,9 @@ def make_map(order_queue=False):
                  "user_ref_num": 32, "stock": 64, "submit": 1}
         address = 128
         for name, width in names.items():
-            regs.append(_reg("order_queue", name, address, width, "rw"))
+            regs.append(_reg("order_entry", f"host_{name}", address, width, "rw"))
             address += -(-width // 32)
-        regs.append(_reg("order_queue", "space", address, 8, "ro"))
+        regs.append(_reg("order_entry", "host_dropped", address, 32, "ro"))
     return RegisterMap.from_dict({
         "format": "tickwire-regmap", "version": 1, "word_bytes": 4,
         "constants": {"regmap_version": 7, "magic": MAGIC},
@@ -150,34 +150,44 @@ def test_kill_and_unkill(card, regmap):
     assert not card.killed
 
 
-def test_host_order_needs_the_order_queue_registers(card):
-    with pytest.raises(CardFeatureError, match="no host order queue.*action, session"):
+def test_host_order_needs_the_order_entry_registers(card):
+    with pytest.raises(CardFeatureError, match="no host order queue: order_entry.host_action"):
         card.submit_order(side="B", quantity=100, price=1_000_000, user_ref_num=1)
 
 
 def test_host_order_writes_every_field_then_submit():
     regmap = make_map(order_queue=True)
     card = Card(FakeCard(regmap), regmap)
-    card.driver.memory.write(regmap["order_queue.space"].address, 4)
     card.submit_order(side="S", quantity=100, price=1_234_500, user_ref_num=9, session=2,
                       slot=3, stock=int.from_bytes(b"AAPL    ", "little"))
     writes = {e[1]: e[2] for e in card.driver.log if e[0] == "w"}
-    q = {r.name: r.address for r in regmap.stage("order_queue")}
+    q = {r.name[5:]: r.address for r in regmap.stage("order_entry")}
     assert writes[q["action"]] == ord("O") and writes[q["side"]] == ord("S")
     assert (writes[q["quantity"]], writes[q["price"]], writes[q["user_ref_num"]]) == \
         (100, 1_234_500, 9)
     assert (writes[q["session"]], writes[q["slot"]]) == (2, 3)
     assert writes[q["stock"]] == int.from_bytes(b"AAPL", "little")
     assert [e for e in card.driver.log if e[0] == "w"][-1] == ("w", q["submit"], 1)
+    card.driver.log.clear()
+    card.submit_order(side="B", quantity=5, price=1)  # stock not given: staged as 0 again
+    writes = {e[1]: e[2] for e in card.driver.log if e[0] == "w"}
+    assert writes[q["stock"]] == 0 and writes[q["user_ref_num"]] == 0
 
 
-def test_host_order_checks_before_writing():
+class DroppingCard(FakeCard):
+    def write(self, address, value):
+        super().write(address, value)
+        if address == self.submit:
+            self.memory.write(self.dropped, self.memory.read(self.dropped) + 1)
+
+
+def test_host_order_checks_before_writing_and_reports_a_drop():
     regmap = make_map(order_queue=True)
-    card = Card(FakeCard(regmap), regmap)
+    driver = DroppingCard(regmap)
+    driver.submit = regmap["order_entry.host_submit"].address
+    driver.dropped = regmap["order_entry.host_dropped"].address
+    card = Card(driver, regmap)
     before = len(card.driver.log)
-    with pytest.raises(OrderQueueFull):
-        card.submit_order(side="B", quantity=1, price=1, user_ref_num=1)
-    card.driver.memory.write(regmap["order_queue.space"].address, 1)
     with pytest.raises(RegisterValueError):
         card.submit_order(side="B", quantity=1 << 32, price=1, user_ref_num=1)
     with pytest.raises(TickwireError, match="action must be one of"):
@@ -185,6 +195,8 @@ def test_host_order_checks_before_writing():
     with pytest.raises(CardFeatureError, match="no display"):
         card.submit_order(side="B", quantity=1, price=1, user_ref_num=1, display=ord("Y"))
     assert not [e for e in card.driver.log[before:] if e[0] == "w"]
+    with pytest.raises(OrderQueueFull, match="dropped"):
+        card.submit_order(side="B", quantity=1, price=1)
 
 
 def test_events_come_from_the_driver(card):

@@ -41,7 +41,7 @@ def test_header_and_named_fields():
     assert itch.RECORD_SOURCES["order_reference_number"]["U"] == "original_order_reference_number"
     assert itch.RECORD_SOURCES["shares"]["Q"] == "shares" and itch.RECORD_FIELDS["shares"] == 64
     assert itch.RECORD_FIELDS["timestamp"] == 48
-    assert sum(itch.RECORD_FIELDS.values()) == 993
+    assert sum(itch.RECORD_FIELDS.values()) == 1010   # 993 + tracked (1) + tracked_slot (16)
 
 
 def test_contract_holds_the_record_table():

@@ -180,8 +180,13 @@ def test_net_headers():
 
 
 def test_reject_reasons():
+    """The codes are an interface (events, journal, host): they never move."""
     assert [(r.name, int(r)) for r in RejectReason] == [
-        ("NONE", 0), ("KILL", 1), ("ZERO_QUANTITY", 2), ("MAX_QUANTITY", 3), ("MAX_NOTIONAL", 4)]
+        ("NONE", 0), ("KILL", 1), ("ZERO_QUANTITY", 2), ("MAX_QUANTITY", 3), ("MAX_NOTIONAL", 4),
+        ("KILL_SESSION", 5), ("UNKNOWN_SESSION", 6), ("UNKNOWN_SLOT", 7), ("INVALID_ORDER", 8),
+        ("SYMBOL_DISABLED", 9), ("SYMBOL_RESTRICTED", 10), ("NO_REFERENCE_PRICE", 11), ("PRICE_COLLAR", 12),
+        ("POSITION_LONG", 13), ("POSITION_SHORT", 14), ("MAX_OPEN_ORDERS", 15), ("OPEN_NOTIONAL", 16),
+        ("THROTTLE", 17), ("USER_REF_NUM", 18)]
 
 
 # -- errors ------------------------------------------------------------------------------------

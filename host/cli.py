@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="random seed: equal seeds give equal files (default: %(default)s)")
     gen.add_argument("-o", "--output", metavar="FILE", type=Path, required=True,
                      help="raw ITCH file to write")
+    gen.add_argument("--profile", choices=("day", "book"), default="day",
+                     help="day: every message type, prices loosely around a mid; book: an uncrossed "
+                          "order book with price-time executions at the touch, for order-book work "
+                          "(at most 8 symbols) (default: %(default)s)")
     gen.set_defaults(handler=_cmd_itch_gen)
     convert = itch_commands.add_parser(
         "convert", parents=[verbose], help="raw ITCH to MoldUDP64 pcap, or back",
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("input", metavar="IN", type=Path, help="raw ITCH file or pcap")
     convert.add_argument("output", metavar="OUT", type=Path, help="file to write")
     convert.set_defaults(handler=_cmd_itch_convert)
+    importlib.import_module("tickwire.sim.exchange").add_commands(commands, [verbose])  # exchange
     for module in ("journal", "appconfig", "boards"):  # commands that live beside their host modules
         importlib.import_module(f"{__package__}.{module}").add_commands(commands, [verbose])
     return parser
@@ -254,6 +259,16 @@ def _cmd_sim_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_itch_gen(args: argparse.Namespace) -> int:
+    if args.profile == "book":
+        if args.symbols > 8:
+            raise TickwireError(f"--profile book has 8 symbols at most, not {args.symbols}")
+        book_day = _lazy("tickwire.sim.book_feed", "book_day")
+        write_raw_itch = _lazy("tickwire.sim.itchfile", "write_raw_itch")
+        track = _lazy("tickwire.sim.progress", "track")
+        count = write_raw_itch(args.output, track(book_day(args.messages, seed=args.seed, symbols=args.symbols),
+                                                  args.messages, f"generating {args.output.name}"))
+        logger.info("wrote %d messages to %s", count, args.output)
+        return 0
     generate_raw_itch = _lazy("tickwire.sim.itchfile", "generate_raw_itch")
     count = generate_raw_itch(args.output, args.messages, args.symbols, args.seed,
                               track=_lazy("tickwire.sim.progress", "track"))

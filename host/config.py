@@ -99,6 +99,20 @@ def load_register_overrides(path: str | os.PathLike[str], regmap: RegisterMap) -
                                   f"(registers: {', '.join(registers)})")
             if not register.writable:
                 raise ConfigError(f"{where}: register {register.qualified_name} is read-only")
+            if register.indexed_by:
+                # One value per slot (or session): a table of index = value.
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{where}: register {register.qualified_name} is set per "
+                                      f"{register.indexed_by.rpartition('.')[2].removeprefix('limit_')}: "
+                                      f"give a table of index = value, e.g. {name} = {{ 0 = 500 }}")
+                selector = register.indexed_by if "." in register.indexed_by else f"{stage}.{register.indexed_by}"
+                select = regmap.get(selector)
+                for index, item in value.items():
+                    if not index.isdigit() or select is None or int(index) > select.max_value:
+                        raise ConfigError(f"{where}: index {index!r} must be a number the selector "
+                                          f"{stage}.{register.indexed_by} can hold")
+                    overrides[f"{register.qualified_name}[{int(index)}]"] = _convert(f"{where}[{index}]", register, item)
+                continue
             overrides[register.qualified_name] = _convert(where, register, value)
     return overrides
 

@@ -4,16 +4,19 @@
 ``sim/native/card_main.cpp`` around :class:`tickwire.hdl.top.Appliance`, starts it, and serves it
 on a Unix domain socket (or 127.0.0.1 TCP) to :class:`tickwire.drivers.sim.SimDriver`: register
 reads and writes on the register bus, frames into feed lines A and B and the injection port,
-frames out of the order port, and the card's event ring in host memory.
+bytes into the inbound order-session port, frames out of the order port, and the card's event
+ring in host memory.
 
 The harness's top level ``card_top`` is generated from the appliance's Verilog: it finds the ports
 it knows by name (:data:`ROLES`), ties every other input off (an output stream's ``ready`` to 1,
 an XGMII line to idle, anything else to 0), so the harness keeps building when ports are added.
 
-Until the gateware has its event stage, this server writes the card's events itself from what it
-sees at the ports (:class:`EventSource`): ``ORDER_SENT`` and ``LATENCY`` for each order frame,
-``GAP`` for each ``o_gap`` beat, and ``RISK_REJECT`` (reason only) from the risk stage's reject
-counters whenever the card goes idle.
+Events: every record the appliance's event stage sends on ``o_events`` (``ORDER_SENT``,
+``RISK_REJECT``, ``BOOK_UNTRUSTED``, ``GAP``, 32 bytes in :mod:`tickwire.protocols.events`
+format) goes into the event ring the client attached (:class:`EventSource`), renumbered in ring
+order. The server adds one kind the gateware does not make yet: ``LATENCY`` for each order frame
+of a trigger order (start of the last feed frame in, start of the order frame out), after that
+order's ``ORDER_SENT``. All ``cycles`` are the appliance's own clock (``id.cycles``).
 
 Socket protocol (both ways: u32 little-endian length of what follows, then the body). Requests
 start with an op byte; replies with a status byte (0 ok, 1 error: a UTF-8 message follows)::
@@ -23,7 +26,9 @@ start with an op byte; replies with a status byte (0 ok, 1 error: a UTF-8 messag
     2   READ    u32 address                   u32 value
     3   WRITE   u32 address, u32 value        -
     4   SEND    u8 port (PORTS), bytes        -      feed ports: Ethernet frame without FCS;
-                                                     inject: one MoldUDP64 datagram
+                                                     inject: one MoldUDP64 datagram;
+                                                     inbound: bytes of the order session's
+                                                     stream from the exchange (SoupBinTCP)
     5   RECV    u32 timeout_ms, u32 limit     frames: u8 port, u64 cycle, u32 length, bytes
     6   RING    u32 entries, path (UTF-8)     -      write events into the ring in that file
     7   RUN     u64 cycles                    u64 cycle
@@ -57,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 #: Frame ports a client sends to, by code.
-PORTS = ("feed_a", "feed_b", "inject")
+PORTS = ("feed_a", "feed_b", "inject", "inbound")
 #: Frame ports frames come out of, by code.
 OUT_PORTS = ("order",)
 #: Largest message either side accepts (a frame, or a batch of received frames).
@@ -66,15 +71,19 @@ MAX_MESSAGE = 1 << 24
 WRAPPER = "card_top"
 EXECUTABLE = "card"
 DUT = "top"
-#: Bits of the harness's wide ports (inject and gap payloads).
+#: Bits of the harness's wide ports (inject, inbound and event payloads).
 PAYLOAD_BITS = 256
+#: Largest packet on a packet_layout port (its ``length`` field is 16 bits); longer inbound byte
+#: runs are cut into packets of this size.
+MAX_PACKET = 0xFFFF
 #: Harness port -> (appliance port, kind). Kinds: ``xgmii_in``, ``xgmii_out``, ``stream_in``,
 #: ``stream_out`` (always ready), ``csr``.
 ROLES: Mapping[str, tuple[str, str]] = {
     "feed_a": ("feed_rx", "xgmii_in"),
     "feed_b": ("feed_rx_b", "xgmii_in"),
     "inject": ("i_inject", "stream_in"),
-    "gap": ("o_gap", "stream_out"),
+    "inbound": ("i_inbound", "stream_in"),
+    "events": ("o_events", "stream_out"),
     "tx": ("order_tx", "xgmii_out"),
     "csr": ("csr", "csr"),
 }
@@ -96,8 +105,8 @@ class Op:
 class _Harness:
     """Harness request and message codes (card_main.cpp)."""
 
-    READ, WRITE, FEED, INJECT, RUN, SETTLE, RESET, QUIT = range(1, 9)
-    TX_FRAME, GAP, IDLE, ERROR, REPLY = 0x01, 0x02, 0x03, 0x7F, 0x80
+    READ, WRITE, FEED, INJECT, RUN, SETTLE, RESET, QUIT, INBOUND = range(1, 10)
+    TX_FRAME, IDLE, EVENT, ERROR, REPLY = 0x01, 0x03, 0x04, 0x7F, 0x80
 
 
 # -- build ----------------------------------------------------------------------------------------
@@ -160,7 +169,7 @@ def build_card_harness(announce: Callable[[str], None] | None = None) -> CardHar
 
 def _build(native: Path, announce: Callable[[str], None]) -> Path:
     from tickwire.hdl.build import regmap
-    from tickwire.hdl.moldudp64 import gap_layout
+    from tickwire.hdl.events import event_record_layout
     from tickwire.hdl.packet import packet_layout
     from .replay import _flatten, _top_ports, verilate
     from .runner import _duts, generate
@@ -169,14 +178,14 @@ def _build(native: Path, announce: Callable[[str], None]) -> Path:
     ports = _top_ports(verilog.read_text(), toplevel)
     wrapper, roles = card_wrapper(ports, toplevel)
     widths = {name: w for _, w, name in ports}
-    layouts = {"inject": packet_layout(), "gap": gap_layout}
+    layouts = {"inject": packet_layout(), "inbound": packet_layout(),
+               "events": event_record_layout}
     for role, layout in layouts.items():
         port = f"{ROLES[role][0]}__payload"
         if role in roles and widths[port] != layout.size:
             raise SimCardError(f"{port} is {widths[port]} bits, its layout {layout.size}")
     doc = {"dut": DUT, "verilog": verilog.name, "roles": roles,
            "inject_fields": [dataclasses.asdict(f) for f in _flatten(layouts["inject"])],
-           "gap_fields": [dataclasses.asdict(f) for f in _flatten(layouts["gap"])],
            "regmap": regmap()}
     return verilate(native, "card", verilog, WRAPPER, wrapper, _SOURCES, EXECUTABLE, doc, announce)
 
@@ -186,8 +195,9 @@ def card_wrapper(ports: list[tuple[str, int, str]], module: str) -> tuple[str, l
     harness ports it connects (:data:`ROLES` whose appliance port exists).
 
     The harness's inputs for the feed lines, the register bus and reset pass through a register;
-    the injection stream does not. Harness outputs the appliance lacks are constants (an idle
-    order port, no gap, never ready); appliance inputs no role names are tied off."""
+    the input streams (injection, inbound) do not. Harness outputs the appliance lacks are
+    constants (an idle order port, no events, never ready); appliance inputs no role names are
+    tied off."""
     names = {name: (d, w) for d, w, name in ports}
 
     def has(port: str, direction: str) -> bool:
@@ -217,8 +227,10 @@ def card_wrapper(ports: list[tuple[str, int, str]], module: str) -> tuple[str, l
            ("feed_a_data", "input", 64, True), ("feed_a_ctrl", "input", 8, True),
            ("feed_b_data", "input", 64, True), ("feed_b_ctrl", "input", 8, True),
            ("inject_valid", "input", 1, False), ("inject_payload", "input", PAYLOAD_BITS, False),
-           ("inject_ready", "output", 1, False), ("gap_valid", "output", 1, False),
-           ("gap_payload", "output", PAYLOAD_BITS, False), ("tx_data", "output", 64, False),
+           ("inject_ready", "output", 1, False), ("inbound_valid", "input", 1, False),
+           ("inbound_payload", "input", PAYLOAD_BITS, False),
+           ("inbound_ready", "output", 1, False), ("events_valid", "output", 1, False),
+           ("events_payload", "output", PAYLOAD_BITS, False), ("tx_data", "output", 64, False),
            ("tx_ctrl", "output", 8, False)]
     initial = {"rst": "1'b1", "feed_a_data": f"64'h{_XGMII_IDLE_WORD:x}", "feed_a_ctrl": "8'hff",
                "feed_b_data": f"64'h{_XGMII_IDLE_WORD:x}", "feed_b_ctrl": "8'hff"}
@@ -233,8 +245,9 @@ def card_wrapper(ports: list[tuple[str, int, str]], module: str) -> tuple[str, l
     # appliance port -> expression it connects to (inputs) or harness output it drives (outputs)
     inputs: dict[str, str] = {"rst": "rst_q"}
     outputs: dict[str, str] = {}
-    constants = {"csr_r_data": "32'h0", "inject_ready": "1'b0", "gap_valid": "1'b0",
-                 "gap_payload": f"{PAYLOAD_BITS}'h0", "tx_data": f"64'h{_XGMII_IDLE_WORD:x}",
+    constants = {"csr_r_data": "32'h0", "inject_ready": "1'b0", "inbound_ready": "1'b0",
+                 "events_valid": "1'b0", "events_payload": f"{PAYLOAD_BITS}'h0",
+                 "tx_data": f"64'h{_XGMII_IDLE_WORD:x}",
                  "tx_ctrl": "8'hff"}
     for role in roles:
         port, kind = ROLES[role]
@@ -400,21 +413,24 @@ class CardEngine:
 # -- events ----------------------------------------------------------------------------------------
 
 class EventSource:
-    """The card's events as the server makes them until the gateware has an event stage:
-    written into the ring a client attached (kept in a bounded backlog until then)."""
+    """The card's events: the appliance's event records (and the server's ``LATENCY`` events)
+    written into the ring a client attached, kept in a bounded backlog until then.
+
+    Records are written through :class:`tickwire.drivers.ring.RingWriter`, which numbers them in
+    ring order (the gateware's own numbering counts only its records)."""
 
     BACKLOG = 65536
+    #: Trigger orders remembered until their frame leaves (UserRefNum -> True).
+    PENDING = 4096
 
     def __init__(self, harness: CardHarness) -> None:
-        from tickwire.host.regmap import RegisterMap
-        self.regmap = RegisterMap.from_dict(harness.doc["regmap"], source="card harness")
-        self.gap_fields = harness.doc["gap_fields"]
         self._lock = threading.Lock()
         self._backlog: collections.deque = collections.deque(maxlen=self.BACKLOG)
         self._writer = None
         self._mapping: mmap.mmap | None = None
-        self._reject_counts: dict[int, int] = {}
-        self._reject_lock = threading.Lock()
+        #: UserRefNums of trigger orders sent whose frame has not left yet.
+        self._trigger_orders: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.records = 0
 
     def attach(self, path: str, entries: int) -> None:
         """Write events into the ring in file ``path`` (set up by the host) from now on."""
@@ -453,44 +469,37 @@ class EventSource:
             else:
                 self._backlog.append(event)
 
+    def record(self, record: bytes) -> None:
+        """One 32-byte record from the appliance's ``o_events``."""
+        from tickwire.protocols import events as ev
+        try:
+            event = ev.unpack(record)
+        except ev.EventError as e:
+            logger.error("o_events: %s", e)
+            return
+        self.records += 1
+        if event.type == ev.EventType.ORDER_SENT and not event.flags & ev.EventFlag.HOST:
+            self._trigger_orders[event["user_ref_num"]] = None
+            while len(self._trigger_orders) > self.PENDING:
+                self._trigger_orders.popitem(last=False)
+        self.emit(event)
+
     def order_frame(self, cycle: int, feed_cycle: int, frame: bytes) -> None:
-        """ORDER_SENT (and LATENCY, from the start of the last feed frame) for an order frame."""
+        """``LATENCY`` for the order frame of a trigger order: from the start of the last feed
+        frame in to the start of this frame out."""
         from tickwire.protocols import events as ev
         fields = _order_fields(frame)
         if fields is None:
             logger.warning("order port: frame at cycle %d is not an OUCH order: %s", cycle,
                            frame.hex())
             return
-        self.emit(ev.Event(ev.EventType.ORDER_SENT, cycle, fields=fields))
-        if feed_cycle and feed_cycle <= cycle:
+        user_ref_num = fields["user_ref_num"]
+        if user_ref_num not in self._trigger_orders:
+            return  # a host order: no feed frame caused it
+        del self._trigger_orders[user_ref_num]
+        if feed_cycle <= cycle:
             self.emit(ev.Event(ev.EventType.LATENCY, cycle, fields={
-                "ingress_cycles": feed_cycle, "user_ref_num": fields["user_ref_num"]}))
-
-    def gap(self, cycle: int, payload: bytes) -> None:
-        from tickwire.protocols import events as ev
-        value = int.from_bytes(payload, "little")
-        f = {d["name"]: (value >> d["offset"]) & ((1 << d["width"]) - 1) for d in self.gap_fields}
-        self.emit(ev.Event(ev.EventType.GAP, cycle, fields={
-            "sequence_number": f.get("sequence_number", 0),
-            "message_count": min(f.get("message_count", 0), 0xFFFF_FFFF)}))
-
-    def poll_rejects(self, engine: CardEngine) -> None:
-        """RISK_REJECT events for every increase of a ``risk.rejected_*`` counter."""
-        from tickwire.protocols import events as ev
-        from tickwire.protocols.risk import VERDICT_COUNTERS, RejectReason
-        with self._reject_lock:
-            cycle = engine.cycles
-            for reason, counter in VERDICT_COUNTERS.items():
-                register = self.regmap.get(f"risk.{counter}")
-                if reason == RejectReason.NONE or register is None:
-                    continue
-                count = engine.read(register.address)
-                new = (count - self._reject_counts.get(reason, 0)) & 0xFFFF_FFFF
-                self._reject_counts[reason] = count
-                for _ in range(min(new, 1024)):
-                    self.emit(ev.Event(ev.EventType.RISK_REJECT, cycle, fields={
-                        "reason": int(reason), "quantity": 0, "price": 0, "stock_locate": 0,
-                        "side": 0, "session": 0, "slot": 0}))
+                "ingress_cycles": feed_cycle, "user_ref_num": user_ref_num}))
 
 
 def _order_fields(frame: bytes) -> dict[str, int] | None:
@@ -527,12 +536,10 @@ class CardServer:
         self.events = EventSource(harness)
         self._frames: collections.deque = collections.deque(maxlen=self.MAX_FRAMES)
         self._frames_ready = threading.Condition()
-        self._idle = threading.Event()
         self._stop = threading.Event()
+        if "events" not in harness.roles:
+            logger.warning("the appliance has no o_events port: the card sends no events")
         self.engine = CardEngine(harness, self._on_message)
-        self._poller = threading.Thread(target=self._poll_rejects, name="card-rejects",
-                                        daemon=True)
-        self._poller.start()
         handler = _handler(self)
         if socket_path is not None:
             if os.path.exists(socket_path):
@@ -551,19 +558,10 @@ class CardServer:
                 self._frames.append((0, cycle, frame))
                 self._frames_ready.notify_all()
             self.events.order_frame(cycle, feed_cycle, frame)
-        elif kind == _Harness.GAP:
-            self.events.gap(int.from_bytes(body[:8], "little"), body[8:])
+        elif kind == _Harness.EVENT:
+            self.events.record(body[8:8 + 32])
         elif kind == _Harness.IDLE:
-            self._idle.set()
-
-    def _poll_rejects(self) -> None:
-        while not self._stop.is_set():
-            if self._idle.wait(0.2):
-                self._idle.clear()
-                try:
-                    self.events.poll_rejects(self.engine)
-                except SimCardError:
-                    return
+            logger.debug("card idle at cycle %d", int.from_bytes(body[:8], "little"))
 
     def describe(self) -> dict[str, Any]:
         doc = self.harness.doc
@@ -580,9 +578,15 @@ class CardServer:
         if port in ("feed_a", "feed_b"):
             frame = data + fcs(data)
             self.engine.request(_Harness.FEED, struct.pack("<BH", PORTS.index(port), 12) + frame)
-        else:
+        elif port == "inject":
             beats = _inject_beats(data, self.harness.doc["inject_fields"])
             self.engine.request(_Harness.INJECT, struct.pack("<H", len(beats)) + b"".join(beats))
+        else:  # inbound: a run of the session's byte stream, as packets of at most MAX_PACKET
+            for start in range(0, len(data), MAX_PACKET):
+                beats = _inject_beats(data[start:start + MAX_PACKET],
+                                      self.harness.doc["inject_fields"])
+                self.engine.request(_Harness.INBOUND,
+                                    struct.pack("<H", len(beats)) + b"".join(beats))
 
     def receive(self, timeout: float, limit: int) -> list[tuple[int, int, bytes]]:
         deadline = time.monotonic() + timeout
@@ -617,7 +621,6 @@ class CardServer:
             except FileNotFoundError:
                 pass
         self.engine.close()
-        self._poller.join(timeout=2)
         self.events.close()
 
 
@@ -731,8 +734,6 @@ def _handler(card: CardServer) -> type[socketserver.BaseRequestHandler]:
             if op == Op.SETTLE:
                 (limit,) = struct.unpack("<Q", body)
                 settled = engine.request(_Harness.SETTLE, body, timeout=max(60.0, limit / 1e5))
-                if settled[0]:
-                    card.events.poll_rejects(engine)
                 return struct.pack("<QB", engine.cycles, settled[0])
             raise ValueError(f"unknown request {op}")
     return Handler

@@ -44,15 +44,20 @@ def format_summary(summary: Mapping) -> str:
     lat = summary["latency_cycles"]
     ns = summary["clock_ns"]
     rejects = sum(v for k, v in c.items() if k.startswith("risk.rejected_"))
+    reasons = ", ".join(f"{k.removeprefix('risk.rejected_').replace('_', ' ')} {v}"
+                        for k, v in c.items() if k.startswith("risk.rejected_") and v) or "none"
     lines = [
         "tickwire appliance, simulated on Verilator (every figure below was measured in the simulation)",
         f"  clock                      {1000 / ns:.2f} MHz ({ns} ns per cycle)",
         f"  feed frames in             {summary['frames_in']} (accepted by the UDP filter: {c['net_rx.frames_accepted']})",
         f"  ITCH messages in           {c['moldudp64.messages']} (decoded: {c['itch.decoded']}, "
         f"unknown type / bad length: {c['itch.unknown_type']} / {c['itch.bad_length']})",
-        f"  trigger fired              {c['trigger.fired']}",
-        f"  orders rejected by risk    {rejects} (kill {c['risk.rejected_kill']}, quantity {c['risk.rejected_quantity']}, "
-        f"notional {c['risk.rejected_notional']}, zero quantity {c['risk.rejected_zero_quantity']})",
+        f"  order book                 {c['book.messages']} book messages, {c['book.bbo_updates']} top-of-book "
+        f"changes, {c['book.live_orders']} live orders (collisions {c['book.collisions']}, unknown references "
+        f"{c['book.unknown_references']}, outside the window {c['book.outside_window']})",
+        f"  trigger fired              {c['trigger.fired']} (rules: "
+        + ", ".join(str(c.get(f'trigger.rule_{k}_fired', 0)) for k in range(4)) + ")",
+        f"  orders rejected by risk    {rejects} ({reasons})",
         f"  orders out (OUCH 5.0)      {summary['orders_out']} (card counter: {c['mac_tx.frames_sent']})",
         f"  gaps / duplicates          {c['moldudp64.gaps']} / {c['moldudp64.duplicates']}",
         f"  bad FCS / dropped frames   {c['mac_rx.bad_fcs']} / "

@@ -851,6 +851,8 @@ class PipelineModel:
         self.bbos: list[dict[str, int]] = []
         self.rejects: list[tuple[dict[str, int], int]] = []
         self.accepted: list[dict[str, int]] = []
+        #: Every verdict in order: (order, reason), reason 0 for accepted.
+        self.verdicts: list[tuple[dict[str, int], int]] = []
         self._stages = (*self.market_data.stages, self.symbols, self.book, self.trigger, self.order_entry,
                         self.risk, self.ouch, self.net_tx, self.mac_tx)
 
@@ -882,6 +884,7 @@ class PipelineModel:
         slot = numbered["slot"]
         book = BookTop(*self.book.model.query(slot)) if slot < self.book.model.slots else BookTop()
         accepted, reason = self.risk.process(numbered, book)
+        self.verdicts.append((numbered, reason))
         if not accepted:
             self.rejects.append((numbered, reason))
             return []

@@ -76,7 +76,7 @@ class Dut:
 
 
 def _duts() -> dict[str, Dut]:
-    from ..hdl import mac, net, moldudp64, itch, trigger, risk, ouch, top, market_data, symbols, arbiter
+    from ..hdl import mac, net, moldudp64, itch, trigger, risk, ouch, top, market_data, symbols, arbiter, book
     from ..hdl import ouch_inbound
     from ..hdl.ouch import ENTER_ORDER_PACKET_LENGTH
     return {
@@ -93,6 +93,7 @@ def _duts() -> dict[str, Dut]:
         "top": Dut("tickwire_top", top.Appliance),
         "market_data": Dut("market_data", market_data.MarketDataTop),
         "book_path": Dut("book_path", market_data.BookTop),
+        "book": Dut("book", lambda: book.Book(slots=8, capacity=256, ways=4, depth=4)),
         "symbols": Dut("symbols", symbols.SymbolDirectory),
         "arbiter": Dut("packet_arbiter", lambda: arbiter.PacketArbiter(n_inputs=3)),
     }

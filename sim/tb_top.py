@@ -20,7 +20,11 @@ from .defaults import DEFAULT_FEED, DEFAULT_INDEXED, DEFAULT_REGISTERS, FEED_GRO
 from .feed import build_feed, feed_frames, frames as udp_frames, generate_messages
 from .model import COUNTER_NAMES, PipelineModel, with_fcs
 from .pcap import read_pcap, write_pcap
-from .tb import CLOCK_NS, CsrMaster, XgmiiStartProbe, reset, start_clock
+from .tb import CLOCK_NS, CsrMaster, StreamSink, XgmiiStartProbe, reset, start_clock
+from ..hdl.events import event_record_layout
+from ..hdl.order_entry import HOST_ORDER_FIELDS
+from ..protocols.events import EventFlag, EventType, unpack as unpack_event
+from ..protocols.risk import RejectReason
 
 logger = logging.getLogger("tb_top")
 
@@ -45,6 +49,8 @@ class TB:
         self.csr = CsrMaster(dut)
         self.rx_probe = XgmiiStartProbe(dut.clk, dut.feed_rx__data, dut.feed_rx__ctrl)
         self.tx_probe = XgmiiStartProbe(dut.clk, dut.order_tx__data, dut.order_tx__ctrl)
+        # The host's event channel, always read (as the event ring's DMA would).
+        self.events = StreamSink(dut, "o_events__", event_record_layout)
         self.registers = {**DEFAULT_REGISTERS, **registers}
         self.indexed = {**DEFAULT_INDEXED, **indexed}
         self.model = PipelineModel(self.registers, indexed=self.indexed)
@@ -259,6 +265,48 @@ async def kill_switch(dut):
     received = await tb.drain(len(more))
     counters = await tb.check(more, received)
     assert counters["risk.rejected_kill"] == 5 and len(more) == 3
+
+
+def _host_order(**fields):
+    base = {"action": ord("O"), "session": 0, "slot": 0, "stock_locate": AAPL_LOCATE,
+            "stock": int.from_bytes(b"AAPL    ", "little"), "side": ord("B"), "quantity": 100,
+            "price": 189_9000, "time_in_force": ord("0"), "display": ord("Y"), "capacity": ord("P"),
+            "intermarket_sweep_eligibility": ord("N"), "cross_type": ord("N")}
+    return {name: {**base, **fields}.get(name, 0) for name in HOST_ORDER_FIELDS}
+
+
+@cocotb.test()
+async def host_orders(dut):
+    """Orders the host submits through the order-entry registers take the same risk and OUCH path
+    as the trigger's; the host learns each verdict from the event records."""
+    tb = TB(dut)
+    await tb.start()
+    orders = [
+        _host_order(),                                            # accepted
+        _host_order(slot=1),                                      # MSFT's slot is not enabled
+        _host_order(quantity=0),                                  # zero quantity
+        _host_order(price=187_0000),                              # 2.50 below the reference
+        _host_order(appendage_mask=0b101, min_qty=10, price_type=ord("L"), quantity=50),    # with appendages
+        _host_order(action=ord("X"), user_ref_num=1, quantity=0),  # cancel the first
+        _host_order(action=ord("O"), session=9),                  # no such session
+    ]
+    expected = []
+    for order in orders:
+        for name in HOST_ORDER_FIELDS:
+            await tb.csr.write(f"order_entry.host_{name}", order[name])
+        await tb.csr.write("order_entry.host_submit", 1)
+        expected += tb.model.submit(order)
+    received = await tb.drain(len(expected))
+    counters = await tb.check(expected, received)
+    assert counters["order_entry.host_submitted"] == len(orders) and len(received) == 3
+    events = [unpack_event(b["data"].to_bytes(32, "little")) for b in tb.events.beats]
+    got = [(e.type, e.fields.get("action", e.fields.get("reason")), e.flags) for e in events]
+    want = [(EventType.ORDER_SENT, order["action"], EventFlag.HOST) if reason == 0
+            else (EventType.RISK_REJECT, reason, EventFlag.HOST) for order, reason in tb.model.verdicts]
+    assert got == want, (got, want)
+    assert {r for _, r in tb.model.rejects} == {RejectReason.SYMBOL_DISABLED, RejectReason.ZERO_QUANTITY,
+                                               RejectReason.PRICE_COLLAR, RejectReason.UNKNOWN_SESSION}
+    assert [e.sequence for e in events] == list(range(len(events)))
 
 
 @cocotb.test()

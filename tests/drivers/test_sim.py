@@ -36,8 +36,9 @@ def server(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("sim") / "card.sock")
     proc = subprocess.Popen([sys.executable, "-m", "tickwire.host.cli", "sim", "serve",
                              "--socket", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path):  # bounded: the harness is built already
+    # Bounded; long enough for one more build should the gateware change meanwhile.
+    deadline = time.monotonic() + 600
+    while not os.path.exists(path):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"tickwire sim serve did not start: {proc.stderr.read().decode()}")

@@ -205,3 +205,9 @@ def test_parameters_checked():
         Book(slots=3)
     with pytest.raises(ValueError, match="depth"):
         Book(depth=0)
+
+
+@pytest.mark.parametrize("testcase", ["random_flows", "random_flows_backpressure"])
+def test_book_cocotb(testcase):
+    from tickwire.sim.runner import run
+    run("book", "tickwire.sim.tb_book", testcase=testcase)

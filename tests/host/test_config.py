@@ -142,3 +142,18 @@ def test_missing_file(tmp_path, regmap):
 
 def test_config_error_is_a_tickwire_error():
     assert issubclass(ConfigError, TickwireError)
+
+
+def test_indexed_registers_take_a_table(tmp_path):
+    """Per-slot registers (``indexed_by``) take ``{index = value}``; a plain value is refused."""
+    regmap = RegisterMap.load()
+    path = tmp_path / "slots.toml"
+    path.write_text("[risk]\nmax_order_quantity = { 0 = 500, 3 = 10 }\n")
+    assert load_register_overrides(path, regmap) == {"risk.max_order_quantity[0]": 500,
+                                                     "risk.max_order_quantity[3]": 10}
+    path.write_text("[risk]\nmax_order_quantity = 500\n")
+    with pytest.raises(ConfigError, match=r"set per slot: give a table of index = value"):
+        load_register_overrides(path, regmap)
+    path.write_text("[risk]\nmax_order_quantity = { x = 5 }\n")
+    with pytest.raises(ConfigError, match=r"index 'x' must be a number"):
+        load_register_overrides(path, regmap)

@@ -414,7 +414,7 @@ class OpenOrders(wiring.Component):
                              first_quantity.eq(open_quantity), ends.eq(0)]
             with m.Case(_Op.REMOVE):
                 m.d.comb += [new_open.eq(0), first_kind.eq(_K.CANCEL),
-                             first_quantity.eq(open_quantity), ends.eq(0)]
+                             first_quantity.eq(open_quantity), ends.eq(1)]
         kept_hit = Signal()
         m.d.comb += kept_hit.eq((b.op == _Op.BREAK) & b.session_ok & kept_row.valid
                                 & (kept_row.match_number == b.match_number)

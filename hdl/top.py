@@ -13,12 +13,13 @@ from .book import Book, book_event_layout
 from .trigger import Trigger
 from .order import order_layout
 from .order_entry import OrderEntry
-from .risk import Risk, reject_layout
-from .ouch import OuchEncoder, MAX_PACKET_LENGTH
+from .risk import Risk, reject_layout, exposure_update_layout
+from .ouch import OuchEncoder, MAX_PACKET_LENGTH, ouch_packet_layout
+from .book import BookQuerySignature
 from .packet import PacketGather
 from .events import EventStage, event_record_layout
 
-__all__ = ["Appliance", "Identity", "STAGE_ORDER", "CLOCK_HZ", "FEED_PORTS"]
+__all__ = ["Appliance", "OrderPath", "Identity", "STAGE_ORDER", "CLOCK_HZ", "FEED_PORTS"]
 
 #: Ports of the market-data path that are the appliance's own ports too.
 FEED_PORTS = ("feed_rx", "feed_rx_b", "i_inject", "o_gap")
@@ -60,6 +61,67 @@ class Identity(wiring.Component):
         m.d.sync += cycles.eq(cycles + 1)
         m.d.comb += [self.regs.magic.eq(MAGIC), self.regs.regmap_version.eq(REGMAP_VERSION),
                      self.regs.cycles.eq(cycles)]
+        return m
+
+
+class OrderPath(wiring.Component):
+    """Risk -> order queue -> OUCH encoder: from an order action to the SoupBinTCP packet.
+
+    Parameters
+    ----------
+    slots, sessions : int
+        Risk's tracked-symbol slots and order sessions.
+    order_queue_depth : int
+        Accepted orders waiting for the encoder (a burst never stalls what feeds risk).
+
+    Members
+    -------
+    i_stream : In(stream.Signature(order_layout))
+    i_exposure : In(stream.Signature(exposure_update_layout))
+    book : Out(BookQuerySignature())
+    o_stream : Out(stream.Signature(ouch_packet_layout()))
+    o_reject : Out(stream.Signature(reject_layout, always_ready=True))
+    o_accepted : Out(stream.Signature(order_layout, always_ready=True))
+
+    Latency
+    -------
+    4 cycles from an order taken by risk to the first beat of its packet (risk 2, queue 1, OUCH
+    1), accepts back to back (tests/hdl/test_order_path.py).
+    """
+
+    def __init__(self, *, slots: int = 256, sessions: int = 4, order_queue_depth: int = 16):
+        if order_queue_depth < 2:
+            raise ValueError(f"order_queue_depth must be at least 2, not {order_queue_depth!r}")
+        self.order_queue_depth = order_queue_depth
+        self.risk = Risk(slots=slots, sessions=sessions)
+        self.ouch = OuchEncoder()
+        self.stages = {"risk": self.risk, "ouch": self.ouch}
+        super().__init__({
+            "i_stream": In(stream.Signature(order_layout)),
+            "i_exposure": In(stream.Signature(exposure_update_layout)),
+            "book": Out(BookQuerySignature()),
+            "o_stream": Out(stream.Signature(ouch_packet_layout())),
+            "o_reject": Out(stream.Signature(reject_layout, always_ready=True)),
+            "o_accepted": Out(stream.Signature(order_layout, always_ready=True)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.risk = self.risk
+        m.submodules.ouch = self.ouch
+        connect(m, wiring.flipped(self.i_stream), self.risk.i_stream)
+        connect(m, wiring.flipped(self.i_exposure), self.risk.i_exposure)
+        connect(m, self.risk.book, wiring.flipped(self.book))
+        connect(m, self.risk.o_reject, wiring.flipped(self.o_reject))
+        # First-word-fall-through queue: an accepted order reaches the encoder the next cycle.
+        queue = m.submodules.order_queue = fifo.SyncFIFO(width=order_layout.size, depth=self.order_queue_depth)
+        take = self.risk.o_stream.valid & queue.w_rdy
+        m.d.comb += [queue.w_en.eq(self.risk.o_stream.valid), queue.w_data.eq(self.risk.o_stream.payload),
+                     self.risk.o_stream.ready.eq(queue.w_rdy),
+                     self.o_accepted.valid.eq(take), self.o_accepted.payload.eq(self.risk.o_stream.payload),
+                     self.ouch.i_stream.valid.eq(queue.r_rdy), self.ouch.i_stream.payload.eq(queue.r_data),
+                     queue.r_en.eq(self.ouch.i_stream.ready)]
+        connect(m, self.ouch.o_stream, wiring.flipped(self.o_stream))
         return m
 
 
@@ -124,8 +186,8 @@ class Appliance(wiring.Component):
         self.symbols = SymbolDirectory(slots=self.book.slots)
         self.trigger = Trigger(rules=rules)
         self.order_entry = OrderEntry(sessions=sessions)
-        self.risk = Risk(slots=self.book.slots, sessions=sessions)
-        self.ouch = OuchEncoder()
+        self.order_path = OrderPath(slots=self.book.slots, sessions=sessions, order_queue_depth=order_queue_depth)
+        self.risk, self.ouch = self.order_path.risk, self.order_path.ouch
         self.gather = PacketGather(max_payload=MAX_PACKET_LENGTH)
         self.net_tx = NetTx(max_payload=MAX_PACKET_LENGTH)
         self.mac_tx = MacTx()
@@ -150,8 +212,9 @@ class Appliance(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.market_data = self.market_data
+        m.submodules.order_path = self.order_path
         for name, stage in self.stages.items():
-            if name not in self.market_data.stages:
+            if name not in self.market_data.stages and name not in self.order_path.stages:
                 m.submodules[name] = stage
         m.submodules.csr_bank = self.bank
         connect(m, wiring.flipped(self.csr), self.bank.bus)
@@ -165,32 +228,23 @@ class Appliance(wiring.Component):
         connect(m, self.book.o_stream, self.trigger.i_stream)
         # The host-facing pulses go out as they are and, as event records, through the event stage.
         for source, port, sink in ((self.book.o_event, self.o_book_event, self.events.i_book),
-                                   (self.risk.o_reject, self.o_reject, self.events.i_reject),
+                                   (self.order_path.o_reject, self.o_reject, self.events.i_reject),
+                                   (self.order_path.o_accepted, self.o_accepted, self.events.i_accepted),
                                    (self.market_data.o_gap, None, self.events.i_gap)):
             m.d.comb += [sink.valid.eq(source.valid), sink.payload.eq(source.payload)]
             if port is not None:
                 m.d.comb += [port.valid.eq(source.valid), port.payload.eq(source.payload)]
         connect(m, self.events.o_stream, wiring.flipped(self.o_events))
         connect(m, self.trigger.o_stream, self.order_entry.i_trigger)
-        connect(m, self.order_entry.o_stream, self.risk.i_stream)
-        connect(m, self.order_entry.o_exposure, self.risk.i_exposure)
-        connect(m, self.risk.book, self.book.query)
+        connect(m, self.order_entry.o_stream, self.order_path.i_stream)
+        connect(m, self.order_entry.o_exposure, self.order_path.i_exposure)
+        connect(m, self.order_path.book, self.book.query)
 
-        # Accepted orders queue for the order port so a burst never stalls the market-data path.
-        queue = m.submodules.order_queue = fifo.SyncFIFOBuffered(
-            width=order_layout.size, depth=self.order_queue_depth)
-        take = self.risk.o_stream.valid & queue.w_rdy
-        m.d.comb += [queue.w_en.eq(self.risk.o_stream.valid), queue.w_data.eq(self.risk.o_stream.payload),
-                     self.risk.o_stream.ready.eq(queue.w_rdy),
-                     self.o_accepted.valid.eq(take), self.o_accepted.payload.eq(self.risk.o_stream.payload),
-                     self.events.i_accepted.valid.eq(take), self.events.i_accepted.payload.eq(self.risk.o_stream.payload),
-                     self.ouch.i_stream.valid.eq(queue.r_rdy), self.ouch.i_stream.payload.eq(queue.r_data),
-                     queue.r_en.eq(self.ouch.i_stream.ready)]
         m.submodules.gather = self.gather
-        m.d.comb += [self.gather.i_stream.valid.eq(self.ouch.o_stream.valid),
-                     self.ouch.o_stream.ready.eq(self.gather.i_stream.ready)]
+        m.d.comb += [self.gather.i_stream.valid.eq(self.order_path.o_stream.valid),
+                     self.order_path.o_stream.ready.eq(self.gather.i_stream.ready)]
         for name, _ in self.gather.i_stream.payload.shape():
-            m.d.comb += getattr(self.gather.i_stream.payload, name).eq(getattr(self.ouch.o_stream.payload, name))
+            m.d.comb += getattr(self.gather.i_stream.payload, name).eq(getattr(self.order_path.o_stream.payload, name))
         connect(m, self.gather.o_stream, self.net_tx.i_stream)
         connect(m, self.net_tx.o_stream, self.mac_tx.i_stream)
         connect(m, self.mac_tx.xgmii, wiring.flipped(self.order_tx))

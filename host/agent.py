@@ -356,18 +356,20 @@ class Agent:
             self._sent.append(_Sent(event["session"], chr(event["action"]), event["user_ref_num"],
                                     chr(event["side"] or 32), event["quantity"], event["price"],
                                     bool(event.flags & EventFlag.HOST)))
-            self._resolve_waiter(event, {"accepted": True,
-                                         "user_ref_num": event["user_ref_num"]})
+            if self._waiters:
+                self._resolve_waiter(event, {"accepted": True,
+                                             "user_ref_num": event["user_ref_num"]})
         elif t == EventType.RISK_REJECT:
             reason = event["reason"]
             self._record(RecordType.REJECT, user_ref_num=0, session=event["session"],
                          source=REJECT_SOURCE_RISK, reason=reason)
-            try:
-                name = RejectReason(reason).name
-            except ValueError:
-                name = str(reason)
-            self._resolve_waiter(event, {"accepted": False, "reason": name,
-                                         "reason_code": reason})
+            if self._waiters:
+                try:
+                    name = RejectReason(reason).name
+                except ValueError:
+                    name = str(reason)
+                self._resolve_waiter(event, {"accepted": False, "reason": name,
+                                             "reason_code": reason})
         elif t == EventType.GAP:
             self.metrics.feed_gap()
             self.counts["gaps"] += 1

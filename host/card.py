@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 from tickwire.protocols.events import Event
 
 from .errors import TickwireError
-from .regmap import (Register, RegisterAccessError, RegisterMap, RegisterMapError, Registers,
+from .regmap import (Register, RegisterAccessError, RegisterMap, Registers,
                      check_identity as _check_identity)
 
 __all__ = ["Card", "CardFeatureError", "OrderQueueFull", "ORDER_ENTRY_STAGE", "EVENTS_STAGE",
@@ -60,8 +60,11 @@ class Card:
         self._stages: dict[str, _Stage] = {}
         for stage in self.regmap.stages():
             if hasattr(type(self), stage) or stage in ("driver", "regmap", "registers"):
-                raise RegisterMapError(f"register map {self.regmap.source}: stage {stage!r} "
-                                       f"clashes with Card.{stage}")
+                # e.g. the gateware's ``events`` stage and Card.events: its registers stay
+                # reachable by name (card.read("events.dropped")), not as an attribute
+                logger.debug("register map %s: stage %r clashes with Card.%s; use card.read()",
+                             self.regmap.source, stage, stage)
+                continue
             self._stages[stage] = _Stage(self, stage)
         if check_identity:
             with self._lock:

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output", metavar="OUT", type=Path, help="file to write")
     convert.set_defaults(handler=_cmd_itch_convert)
     importlib.import_module("tickwire.sim.exchange").add_commands(commands, [verbose])  # exchange
-    for module in ("journal", "appconfig", "boards"):  # commands that live beside their host modules
+    for module in ("journal", "appconfig", "boards", "cli_agent"):  # commands that live beside their host modules
         importlib.import_module(f"{__package__}.{module}").add_commands(commands, [verbose])
     return parser
 

@@ -49,8 +49,9 @@ def parse_symbols(text: str | Sequence[str]) -> list[str]:
 def book_registers(symbols: Sequence[str]) -> dict[str, int]:
     """Register writes that track ``symbols`` by name (slot k for the k-th) and filter the rest."""
     regs = {"symbols.filter_enable": 1}
-    for k, name in enumerate(symbols):
-        regs[f"symbols.track_name_{k}"] = int.from_bytes(name.ljust(8).encode("ascii"), "little")
+    for k in range(MAX_NAMED_SYMBOLS):
+        regs[f"symbols.track_name_{k}"] = (int.from_bytes(symbols[k].ljust(8).encode("ascii"), "little")
+                                           if k < len(symbols) else 0)
     return regs
 
 

@@ -19,7 +19,8 @@ from typing import Any, Mapping
 from tickwire.host.errors import TickwireError
 from tickwire.protocols import ouch
 
-from .matching import (CANCEL_IOC, CANCEL_USER, Executed, IocCanceled, MatchingEngine, Order, OrderRejected,
+from .matching import (CANCEL_IOC, CANCEL_USER, MAX_PRICE, Executed, IocCanceled, MatchingEngine, Order,
+                       OrderRejected,
                        Reduced, RejectReason, Removed, UnknownOrder)
 from .mold_feed import DEFAULT_MAX_PAYLOAD, ItchEncoder, MoldFeed
 from .soupbin_server import SoupBinServer
@@ -101,6 +102,9 @@ class SymbolConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ExchangeConfigError(f"symbol {self.symbol}: {name} must be a positive integer, not {v!r}")
+        if self.reference_price > MAX_PRICE:
+            raise ExchangeConfigError(f"symbol {self.symbol}: reference_price {self.reference_price} is above "
+                                      f"the highest price {MAX_PRICE} (1/10000 dollar)")
         if self.reference_price % self.tick_size:
             raise ExchangeConfigError(f"symbol {self.symbol}: reference_price {self.reference_price} is not a "
                                       f"multiple of tick_size {self.tick_size}")

@@ -60,7 +60,9 @@ class TB:
         magic = await self.csr.read("id.magic")
         assert magic == self.csr.map.magic, f"id.magic reads {magic:#x}"
         assert await self.csr.read("id.regmap_version") == self.csr.map.regmap_version
-        await self.csr.write_all(self.registers)
+        # Registers hold their reset values after reset: write only the ones that differ (a write
+        # to a strobe register such as order_entry.host_submit is an action, not a setting).
+        await self.csr.write_all({n: v for n, v in self.registers.items() if v != self.csr.map[n].reset})
         await self.csr.write_all(self.indexed)
         # Leave the selects as the plain registers say (the indexed writes moved them).
         await self.csr.write_all({n: self.registers[n] for n in ("risk.limit_slot", "risk.limit_session")})

@@ -18,7 +18,7 @@ from tickwire.drivers import CardTimeout, DriverError, open_driver
 from tickwire.host.card import Card
 from tickwire.host.regmap import RegisterAccessError, RegisterMap
 from tickwire.protocols import itch, moldudp64, ouch, soupbintcp
-from tickwire.protocols.events import EventType
+from tickwire.protocols.events import EventFlag, EventType
 from tickwire.protocols.net import UDP_PAYLOAD_OFFSET, FCS_LENGTH, fcs
 from tickwire.protocols.risk import RejectReason
 from tickwire.sim import defaults
@@ -145,12 +145,39 @@ def test_trigger_order_leaves_the_order_port_with_events(card, feed):
     events = events_until(card, 2)
     assert [e.type for e in events] == [EventType.ORDER_SENT, EventType.LATENCY]
     sent, latency = events
-    assert (sent["action"], sent["side"], sent["quantity"], sent["price"]) == \
-        (ord("O"), ord("B"), 100, 189_0000)
+    assert (sent["action"], sent["side"], sent["quantity"], sent["price"], sent["session"]) == \
+        (ord("O"), ord("B"), 100, 189_0000, 0)
+    assert not sent.flags & EventFlag.HOST  # the trigger's order
     assert sent["user_ref_num"] == message["user_ref_num"] == latency["user_ref_num"]
-    assert sent.cycles == frames[0].timestamp
-    assert 0 < sent.cycles - latency["ingress_cycles"] < 2000
+    # one time base: the event stage's cycle of the accept, then the frame out
+    assert latency["ingress_cycles"] < sent.cycles < latency.cycles == frames[0].timestamp
+    assert 0 < latency.cycles - latency["ingress_cycles"] < 2000
+    assert [e.sequence for e in events] == [events[0].sequence, events[0].sequence + 1]
     assert card.risk.accepted == accepted + 1
+    assert card.read("events.events") >= 1 and card.read("events.dropped") == 0
+
+
+def test_cycles_are_the_cards_own_clock(card):
+    """The harness's cycle count (frame and event times) is the appliance's id.cycles."""
+    before = card.driver.run(0)
+    value = card.id.cycles
+    after = card.driver.run(0)
+    assert before <= value <= after
+
+
+def test_host_order_sends_order_sent_without_latency(card):
+    card.submit_order(side="S", quantity=40, price=189_0000, session=0, slot=0,
+                      time_in_force=ord("0"), display=ord("Y"), capacity=ord("A"),
+                      intermarket_sweep_eligibility=ord("N"), cross_type=ord("N"))
+    card.driver.settle()
+    frames = card.driver.receive_frames(timeout=5)
+    events = events_until(card, 1)
+    time.sleep(0.2)
+    events += card.events(timeout=0.2)
+    assert [e.type for e in events] == [EventType.ORDER_SENT]
+    assert events[0].flags & EventFlag.HOST
+    assert (events[0]["side"], events[0]["quantity"]) == (ord("S"), 40)
+    assert [order_message(f)["user_ref_num"] for f in frames] == [events[0]["user_ref_num"]]
 
 
 def test_kill_switch_rejects_the_next_order(card, feed):
@@ -163,6 +190,9 @@ def test_kill_switch_rejects_the_next_order(card, feed):
     events = events_until(card, 1)
     assert [(e.type, e["reason"]) for e in events] == [(EventType.RISK_REJECT,
                                                        RejectReason.KILL)]
+    # the gateware's record carries the refused order
+    assert (events[0]["side"], events[0]["quantity"], events[0]["price"], events[0]["session"],
+            events[0]["slot"]) == (ord("B"), 100, 189_0000, 0, 0)
     assert card.risk.rejected_kill == rejected + 1
     card.unkill()
     assert not card.killed
@@ -198,6 +228,9 @@ def test_driver_errors(server, card):
         card.driver.send_frame("feed_c", b"\x00" * 60)
     with pytest.raises(DriverError, match="cannot be injected"):
         card.driver.send_frame("inject", b"\x00" * 70000)
+    if "inbound" not in card.driver.send_ports:  # until the appliance has i_inbound
+        with pytest.raises(DriverError, match="no port 'inbound'"):
+            card.driver.send_frame("inbound", b"\x00" * 10)
     with pytest.raises(DriverError, match="not a 32-bit word"):
         card.driver.write(1, -1)
     with pytest.raises(CardTimeout, match="tickwire sim serve"):
@@ -259,8 +292,26 @@ def test_wrapper_ties_off_ports_it_does_not_know():
     assert ".feed_rx_c__data(64'h707070707070707)" in text and ".feed_rx_c__ctrl(8'hff)" in text
     assert ".mode(3'h0)" in text and ".o_fills__valid()" in text
     assert ".csr__addr(csr_addr_q[11:0])" in text and ".feed_rx__data(feed_a_data_q)" in text
-    assert "assign inject_ready = 1'b0;" in text and "assign gap_valid = 1'b0;" in text
+    assert "assign inject_ready = 1'b0;" in text and "assign events_valid = 1'b0;" in text
+    assert "assign inbound_ready = 1'b0;" in text
     assert "assign csr_r_data" not in text  # driven by the appliance
+
+
+def test_wrapper_connects_events_and_inbound_when_the_appliance_has_them():
+    from tickwire.sim.card import PAYLOAD_BITS, card_wrapper
+    ports = [("input", 1, "clk"), ("input", 1, "rst"), ("input", 12, "csr__addr"),
+             ("input", 1, "csr__w_stb"), ("input", 32, "csr__w_data"), ("input", 1, "csr__r_stb"),
+             ("output", 32, "csr__r_data"), ("input", 64, "feed_rx__data"),
+             ("input", 8, "feed_rx__ctrl"), ("output", 1, "o_events__valid"),
+             ("input", 1, "o_events__ready"), ("output", PAYLOAD_BITS, "o_events__payload"),
+             ("input", 1, "i_inbound__valid"), ("output", 1, "i_inbound__ready"),
+             ("input", 85, "i_inbound__payload")]
+    text, roles = card_wrapper(ports, "tickwire_top")
+    assert roles == ["feed_a", "inbound", "events", "csr"]
+    assert ".o_events__ready(1'b1)" in text and ".o_events__valid(events_valid)" in text
+    assert ".i_inbound__payload(inbound_payload[84:0])" in text
+    assert ".i_inbound__ready(inbound_ready)" in text and ".i_inbound__valid(inbound_valid)" in text
+    assert "assign inbound_ready" not in text and "assign events_valid" not in text
 
 
 def test_wrapper_needs_the_register_bus():

@@ -10,8 +10,6 @@ from __future__ import annotations
 import gc
 import random
 import warnings
-from collections import defaultdict
-from dataclasses import dataclass
 
 import pytest
 from amaranth.hdl import UnusedElaboratable
@@ -19,170 +17,21 @@ from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tickwire.hdl.open_orders import (ANOMALY_COUNTERS, LATENCY, ORDER_STATE_DEAD, Anomaly,
+from tickwire.hdl.open_orders import (ANOMALY_COUNTERS, LATENCY, Anomaly,
                                       OpenOrders, anomaly_layout, feedback_layout)
 from tickwire.hdl.order import order_layout
 from tickwire.hdl.risk import exposure_update_layout
 from tickwire.protocols.ouch import ExposureKind
-from tickwire.protocols.risk import Action, BUY_SIDES, ExposureUpdateKind
-from tickwire.sim.model import order_values
-from tickwire.sim.open_orders_model import OpenOrdersModel
-from tickwire.sim.risk_model import RiskModel
+from tickwire.protocols.risk import Action, ExposureUpdateKind
+from tickwire.sim.open_orders_model import (Lifecycle, OpenOrdersModel, card_order, configured_risk,
+                                            exchange_message, risk_exposure)
 
 _UPDATE = [name for name, _ in exposure_update_layout]
 _ANOMALY = [name for name, _ in anomaly_layout]
-_FEEDBACK = [name for name, _ in feedback_layout]
 SLOTS = 8
 
 
-def message(kind, session, user_ref_num, quantity=0, *, orig_user_ref_num=0, price=0,
-            order_state=ord("L"), match_number=0) -> dict[str, int]:
-    return {"kind": int(kind), "session": session, "user_ref_num": user_ref_num,
-            "orig_user_ref_num": orig_user_ref_num, "quantity": quantity, "price": price,
-            "order_state": order_state, "match_number": match_number}
-
-
-def order(action, session, user_ref_num, slot, side, quantity, price, orig_user_ref_num=0):
-    return order_values(action=ord(action), session=session, slot=slot, side=ord(side),
-                        quantity=quantity, price=price, user_ref_num=user_ref_num,
-                        orig_user_ref_num=orig_user_ref_num)
-
-
-# -- a small exchange: random lifecycles and what risk should hold at the end --------------------
-
-
-@dataclass
-class Booking:
-    slot: int
-    side: int
-    price: int
-    open: int
-    pending: bool
-    replace_of: tuple[int, int] | None = None
-
-
-class Exchange:
-    """Plays the card's orders against a well-behaved exchange and keeps the truth: every
-    booking risk made and not yet ended with the quantity the exchange (or, while unanswered,
-    the order) holds open, and the position from executions and broken trades."""
-
-    def __init__(self, sessions: int, *, chaos: bool = False):
-        self.sessions, self.chaos = sessions, chaos
-        self.next_urn = [1] * sessions
-        self.bookings: dict[tuple[int, int], Booking] = {}
-        self.executions: list[tuple[int, tuple[int, int], int, int]] = []  # match, key, slot, signed
-        self.position: dict[int, int] = defaultdict(int)
-        self.match = 5000
-        self.events: list[tuple[str, dict]] = []
-
-    def _live(self):
-        return sorted(k for k, b in self.bookings.items() if not b.pending)
-
-    def _urn(self, session: int, param: int) -> int:
-        urn = self.next_urn[session]
-        self.next_urn[session] += 1 + (param % 3 if self.chaos else 0)
-        return urn
-
-    def step(self, action: int, param: int) -> None:
-        rng = random.Random(param)
-        live = self._live()
-        pending = sorted(k for k, b in self.bookings.items() if b.pending)
-        if action == 0 or not self.bookings:
-            s = rng.randrange(self.sessions)
-            urn = self._urn(s, param)
-            b = Booking(rng.randrange(SLOTS), ord(rng.choice("BST")), rng.randrange(1, 5000),
-                        rng.randrange(1, 500), True)
-            self.bookings[(s, urn)] = b
-            self.events.append(("accept", order("O", s, urn, b.slot, chr(b.side), b.open, b.price)))
-        elif action == 1 and pending:
-            key = pending[param % len(pending)]
-            b = self.bookings[key]
-            r = rng.randrange(8)
-            if b.replace_of is None:
-                if r == 0:
-                    self.events.append(("message", message(ExposureKind.REJECTED, *key)))
-                    del self.bookings[key]
-                elif r == 1:
-                    self.events.append(("message", message(ExposureKind.ACCEPTED, *key, b.open,
-                                                           price=b.price, order_state=ORDER_STATE_DEAD)))
-                    del self.bookings[key]
-                else:
-                    q = rng.randrange(1, b.open + 1) if r == 2 else b.open
-                    self.events.append(("message", message(ExposureKind.ACCEPTED, *key, q, price=b.price)))
-                    b.open, b.pending = q, False
-            else:
-                orig = b.replace_of
-                if r == 0 or orig not in self.bookings:
-                    self.events.append(("message", message(ExposureKind.REJECTED, *key)))
-                    del self.bookings[key]
-                else:
-                    q = rng.randrange(1, b.open + 1) if r == 2 else b.open
-                    dead = r == 1
-                    self.events.append(("message", message(
-                        ExposureKind.REPLACED, *key, q, orig_user_ref_num=orig[1], price=b.price,
-                        order_state=ORDER_STATE_DEAD if dead else ord("L"))))
-                    del self.bookings[orig]
-                    if dead:
-                        del self.bookings[key]
-                    else:
-                        b.open, b.pending = q, False
-        elif action in (2, 7) and live:
-            key = live[param % len(live)]
-            b = self.bookings[key]
-            x = b.open if rng.random() < 0.3 else rng.randrange(1, b.open + 1)
-            self.match += 1 + rng.randrange(3)
-            signed = x if b.side in BUY_SIDES else -x
-            self.position[b.slot] += signed
-            self.executions.append((self.match, key, b.slot, signed))
-            self.events.append(("message", message(ExposureKind.EXECUTED, *key, x,
-                                                   price=rng.randrange(1, 5000), match_number=self.match)))
-            b.open -= x
-            if b.open == 0:
-                del self.bookings[key]
-        elif action == 3 and live:
-            key = live[param % len(live)]
-            b = self.bookings[key]
-            d = b.open if rng.random() < 0.5 else rng.randrange(1, b.open + 1)
-            self.events.append(("message", message(ExposureKind.CANCELED, *key, d)))
-            b.open -= d
-            if b.open == 0:
-                del self.bookings[key]
-        elif action == 4 and live:
-            key = live[param % len(live)]
-            b = self.bookings[key]
-            b.open = rng.randrange(1, b.open + 1)
-            self.events.append(("message", message(ExposureKind.MODIFIED, *key, b.open)))
-        elif action == 5 and live:
-            key = live[param % len(live)]
-            if any(o.replace_of == key for o in self.bookings.values()):
-                return
-            old = self.bookings[key]
-            urn = self._urn(key[0], param)
-            b = Booking(old.slot, old.side, rng.randrange(1, 5000), rng.randrange(1, 500), True, key)
-            self.bookings[(key[0], urn)] = b
-            self.events.append(("accept", order("U", key[0], urn, b.slot, chr(b.side), b.open, b.price,
-                                                orig_user_ref_num=key[1])))
-        elif action == 6 and self.executions:
-            match, key, slot, signed = self.executions.pop(param % len(self.executions))
-            self.position[slot] -= signed
-            self.events.append(("message", message(ExposureKind.BROKEN, *key, match_number=match)))
-        elif action == 8 and self.chaos:
-            self._chaos(rng)
-
-    def _chaos(self, rng: random.Random) -> None:
-        """Something a table must refuse or that does not match its state."""
-        s = rng.randrange(self.sessions + 1)
-        urn = rng.randrange(1, max(self.next_urn) + 8)
-        what = rng.randrange(3)
-        if what == 0:
-            self.events.append(("accept", order(rng.choice("OUXM"), s, urn, rng.randrange(SLOTS),
-                                                rng.choice("BS"), rng.randrange(1, 500), rng.randrange(1, 5000))))
-        else:
-            kind = rng.choice(list(ExposureKind))
-            self.events.append(("message", message(
-                kind, s, urn, rng.randrange(0, 600), orig_user_ref_num=rng.randrange(1, urn + 2),
-                order_state=rng.choice([ord("L"), ORDER_STATE_DEAD]),
-                match_number=self.match - rng.randrange(10))))
+message, order = exchange_message, card_order
 
 
 # -- the bench -------------------------------------------------------------------------------------
@@ -289,24 +138,10 @@ def check_against_model(events, result, **params):
     return model, per_event
 
 
-def configured_risk(sessions: int) -> RiskModel:
-    """A risk model that accepts every order of the lifecycles (limits far above them)."""
-    risk = RiskModel(slots=SLOTS, sessions=sessions)
-    for slot in range(SLOTS):
-        for name, value in (("symbol_enabled", 1), ("max_order_quantity", 10**6),
-                            ("max_order_notional", 10**12), ("reference_price", 2500),
-                            ("price_collar", 10**6), ("max_long_position", 10**7),
-                            ("max_short_position", 10**7), ("max_open_orders", 1000)):
-            risk.write(name, value, slot=slot)
-    for session in range(sessions):
-        risk.write("max_open_notional", 10**14, session=session)
-        risk.write("throttle_burst", 0xFFFF, session=session)
-    return risk
-
-
-def check_risk_exact(exchange: Exchange, events, per_event, sessions: int) -> None:
-    """Risk's exposure after the lifecycle equals the recomputation from the exchange's truth."""
-    risk = configured_risk(sessions)
+def check_risk_exact(lifecycle: Lifecycle, events, per_event, sessions: int) -> None:
+    """Risk's exposure after the lifecycle equals the recomputation from the exchange's truth,
+    and no update was refused or hit a bound."""
+    risk = configured_risk(SLOTS, sessions)
     for (what, value), updates in zip(events, per_event):
         if what == "accept":
             accepted, reason = risk.order(value)
@@ -315,16 +150,7 @@ def check_risk_exact(exchange: Exchange, events, per_event, sessions: int) -> No
             assert risk.exposure(update)
     assert risk.counters["exposure_saturated"] == 0
     assert risk.counters["exposure_refused"] == 0
-    for slot in range(SLOTS):
-        mine = [b for b in exchange.bookings.values() if b.slot == slot]
-        exp = risk.slot_exposure[slot]
-        assert exp.position == exchange.position[slot], f"slot {slot} position"
-        assert exp.open_buy_quantity == sum(b.open for b in mine if b.side in BUY_SIDES)
-        assert exp.open_sell_quantity == sum(b.open for b in mine if b.side not in BUY_SIDES)
-        assert exp.open_orders == len(mine)
-    for session in range(sessions):
-        assert risk.session_state[session].open_notional == sum(
-            b.open * b.price for (s, _), b in exchange.bookings.items() if s == session)
+    assert risk_exposure(risk, SLOTS, sessions) == lifecycle.expected_risk()
 
 
 _ACTIONS = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 1 << 30)), min_size=1, max_size=60)
@@ -335,15 +161,15 @@ _ACTIONS = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 1 << 30)), min_s
 def test_lifecycles_exact(actions, backpressure):
     """Well-formed lifecycles: the gateware's updates are the model's, no anomaly, and risk ends
     exactly where the lifecycle says."""
-    exchange = Exchange(sessions=2)
+    lifecycle = Lifecycle(sessions=2)
     for action, param in actions:
-        exchange.step(action, param)
-    events = exchange.events
+        lifecycle.step(action, param)
+    events = lifecycle.events
     result = simulate(events, backpressure=backpressure, seed=len(actions))
     model, per_event = check_against_model(events, result)
     assert model.anomalies == []
-    assert result["regs"]["open_entries"] == len(exchange.bookings)
-    check_risk_exact(exchange, events, per_event, sessions=2)
+    assert result["regs"]["open_entries"] == len(lifecycle.bookings)
+    check_risk_exact(lifecycle, events, per_event, sessions=2)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -352,12 +178,12 @@ def test_lifecycles_small_table(actions):
     """A 4-entry-per-session table with 4 kept executions, UserRefNum gaps and messages that do
     not fit (unknown orders and sessions, duplicates, quantities above the open one): the
     gateware agrees with the model on every update, anomaly and counter."""
-    exchange = Exchange(sessions=2, chaos=True)
+    lifecycle = Lifecycle(sessions=2, chaos=True)
     for action, param in actions:
-        exchange.step(action, param)
+        lifecycle.step(action, param)
     params = {"sessions": 2, "entries": 4, "executions": 4}
-    result = simulate(exchange.events, **params)
-    check_against_model(exchange.events, result, **params)
+    result = simulate(lifecycle.events, **params)
+    check_against_model(lifecycle.events, result, **params)
 
 
 def test_lifecycle_by_hand():
@@ -394,7 +220,7 @@ def test_lifecycle_by_hand():
     assert result["anomalies"] == []
     assert result["regs"]["open_entries"] == 0
     assert result["regs"]["inserts"] == 2
-    risk = configured_risk(2)
+    risk = configured_risk(SLOTS, 2)
     for what, value in events:
         if what == "accept":
             assert risk.order(value)[0]
@@ -504,16 +330,16 @@ def _host_update(i: int) -> dict[str, int]:
 def test_host_merge_loses_nothing():
     """Host updates offered every few cycles while table updates flow: every one of both comes
     out exactly once, each in its own order."""
-    exchange = Exchange(sessions=2)
+    lifecycle = Lifecycle(sessions=2)
     rng = random.Random(7)
     for _ in range(50):
-        exchange.step(rng.choice([0, 0, 1, 1, 2, 3, 5, 6, 7]), rng.randrange(1 << 30))
+        lifecycle.step(rng.choice([0, 0, 1, 1, 2, 3, 5, 6, 7]), rng.randrange(1 << 30))
     host = [(3 * i + rng.randrange(3), _host_update(i)) for i in range(40)]
-    result = simulate(exchange.events, host=host, backpressure=0.2, seed=3)
+    result = simulate(lifecycle.events, host=host, backpressure=0.2, seed=3)
     from_host = [u for u in result["updates"] if u["user_ref_num"] >= 0x8000_0000]
     from_table = [u for u in result["updates"] if u["user_ref_num"] < 0x8000_0000]
     assert from_host == [h for _, h in host]
-    _, per_event = model_run(exchange.events)
+    _, per_event = model_run(lifecycle.events)
     assert from_table == [u for updates in per_event for u in updates]
     assert result["regs"]["host_updates"] == 40
     assert result["regs"]["host_dropped"] == 0

@@ -42,7 +42,7 @@ def test_million_message_day(day, harness):
     counters = run.counters
     assert run.lost() == {}
     # A real workout: most messages are book messages of tracked symbols, and tops change often.
-    assert counters["book.messages"] > 400_000 and len(got) > 80_000
+    assert counters["book.messages"] > 400_000 and len(got) > 30_000
     assert counters["book.outside_window"] > 0 and counters["book.depth_exhausted"] > 0
     print(f"1M messages: {counters['book.messages']} book messages, {len(got)} top-of-book records, "
           f"{counters['book.live_orders']} live orders at the end, {run.seconds:.1f} s")

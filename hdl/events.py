@@ -9,6 +9,7 @@ from .book import book_event_layout
 from .moldudp64 import gap_layout
 from .order import order_layout, OrderSource
 from .risk import reject_layout
+from .ouch_inbound import record_layout as exchange_record_layout
 from .csr import Register, registers_signature
 
 __all__ = ["EventStage", "event_record_layout", "SOURCES"]
@@ -17,7 +18,7 @@ __all__ = ["EventStage", "event_record_layout", "SOURCES"]
 event_record_layout = data.StructLayout({"data": 8 * RECORD_BYTES})
 
 #: The event sources, in priority order when several have an event waiting.
-SOURCES = ("reject", "accepted", "book", "gap")
+SOURCES = ("reject", "accepted", "exchange", "book", "gap")
 
 
 class EventStage(wiring.Component):
@@ -26,8 +27,10 @@ class EventStage(wiring.Component):
     Sources: orders risk accepted (``ORDER_SENT``; flag ``HOST`` for host orders), orders risk
     refused (``RISK_REJECT``, ``aux`` the reason), the book's events (``BOOK_UNTRUSTED``, ``aux``
     the book's event kind: 1 collision, 2 unknown reference, 4 depth exhausted untrust the symbol;
-    3, a level outside the window, is reported with the same type and does not), and feed gaps
-    (``GAP``). Each source waits in a small FIFO; when one is full its new events are dropped and
+    3, a level outside the window, is reported with the same type and does not), the exchange's
+    answers the inbound OUCH parser decoded (Order Accepted -> ``EXCHANGE_ACK``, Order Executed ->
+    ``FILL`` with the liquidity flag in ``aux``, Order Canceled -> ``CANCEL`` with the reason;
+    other messages and malformed packets make no event), and feed gaps (``GAP``). Each source waits in a small FIFO; when one is full its new events are dropped and
     counted in ``dropped``. Records carry a sequence number counted from 0 and the cycle the
     event entered the stage.
 
@@ -42,6 +45,7 @@ class EventStage(wiring.Component):
     i_reject : In(stream.Signature(reject_layout, always_ready=True))
     i_book : In(stream.Signature(book_event_layout, always_ready=True))
     i_gap : In(stream.Signature(gap_layout, always_ready=True))
+    i_exchange : In(stream.Signature(tickwire.hdl.ouch_inbound.record_layout, always_ready=True))
     o_stream : Out(stream.Signature(event_record_layout))
     regs : Out(registers_signature(EventStage.registers))
 
@@ -65,6 +69,7 @@ class EventStage(wiring.Component):
             "i_reject": In(stream.Signature(reject_layout, always_ready=True)),
             "i_book": In(stream.Signature(book_event_layout, always_ready=True)),
             "i_gap": In(stream.Signature(gap_layout, always_ready=True)),
+            "i_exchange": In(stream.Signature(exchange_record_layout, always_ready=True)),
             "o_stream": Out(stream.Signature(event_record_layout)),
             "regs": Out(registers_signature(self.registers)),
         })
@@ -92,7 +97,21 @@ class EventStage(wiring.Component):
         j = self.i_reject.payload
         b = self.i_book.payload
         g = self.i_gap.payload
+        x = self.i_exchange.payload
+        data_packet = self.i_exchange.valid & (x.packet_type == ord("S")) & (x.error == 0)
+        ack, fill, cancel = (data_packet & (x.message_type == ord(c)) for c in "AEC")
+        exchange = Signal(entry)
+        with m.If(ack):
+            m.d.comb += exchange.eq(packed(EventType.EXCHANGE_ACK, 0, 0, x.user_ref_num[:32], x.quantity[:32],
+                                           x.order_reference_number[:64]))
+        with m.Elif(fill):
+            m.d.comb += exchange.eq(packed(EventType.FILL, 0, x.liquidity_flag[:8], x.user_ref_num[:32],
+                                           x.quantity[:32], x.price[:32], x.session[:8], Const(0, 24)))
+        with m.Else():
+            m.d.comb += exchange.eq(packed(EventType.CANCEL, 0, x.reason[:8], x.user_ref_num[:32], x.quantity[:32],
+                                           x.session[:8], Const(0, 56)))
         sources = {
+            "exchange": (ack | fill | cancel, exchange),
             "reject": (self.i_reject.valid, packed(
                 EventType.RISK_REJECT, Mux(j.order.source == OrderSource.HOST, EventFlag.HOST, 0), j.reason,
                 j.order.quantity[:32], j.order.price[:32], j.order.stock_locate[:16], j.order.side[:8],

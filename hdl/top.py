@@ -18,6 +18,8 @@ from .ouch import OuchEncoder, MAX_PACKET_LENGTH, ouch_packet_layout
 from .book import BookQuerySignature
 from .packet import PacketGather
 from .events import EventStage, event_record_layout
+from .order_feedback import OrderFeedback, ORDER_FEEDBACK_STAGES
+from .packet import packet_layout
 
 __all__ = ["Appliance", "OrderPath", "Identity", "STAGE_ORDER", "CLOCK_HZ", "FEED_PORTS"]
 
@@ -30,7 +32,7 @@ CLOCK_HZ = 156_250_000
 #: Register windows in address order (stage name -> window index). Feed line B's MAC and filter
 #: come last, so every window that existed before line B keeps its address.
 STAGE_ORDER = ("id", "mac_rx", "net_rx", "moldudp64", "itch", "trigger", "risk", "ouch", "net_tx", "mac_tx",
-               "mac_rx_b", "net_rx_b", "symbols", "book", "order_entry", "events")
+               "mac_rx_b", "net_rx_b", "symbols", "book", "order_entry", "events", *ORDER_FEEDBACK_STAGES)
 
 
 class Identity(wiring.Component):
@@ -162,6 +164,10 @@ class Appliance(wiring.Component):
         Order actions risk refused, with the reason, for the host.
     o_accepted : Out(stream.Signature(order_layout, always_ready=True))
         A copy of every order action risk accepted, for the host (drop copy).
+    i_inbound : In(stream.Signature(packet_layout()))
+        The exchange's SoupBinTCP byte stream of order session 0 (the host passes it on until the
+        card's TCP engine receives it itself): parsed, matched to the card's open orders, and
+        its executions and cancels update risk's exposure.
     o_events : Out(stream.Signature(event_record_layout))
         The same four sources (accepted, rejected, book events, gaps) as 32-byte event records
         (:mod:`tickwire.protocols.events`), for the host's event ring.
@@ -192,7 +198,8 @@ class Appliance(wiring.Component):
         self.net_tx = NetTx(max_payload=MAX_PACKET_LENGTH)
         self.mac_tx = MacTx()
         self.events = EventStage()
-        stages = {"events": self.events, "id": self.identity, **self.market_data.stages, "symbols": self.symbols, "book": self.book,
+        self.order_feedback = OrderFeedback(session=0, sessions=sessions)
+        stages = {"events": self.events, **self.order_feedback.stages, "id": self.identity, **self.market_data.stages, "symbols": self.symbols, "book": self.book,
                   "trigger": self.trigger, "order_entry": self.order_entry,
                   "risk": self.risk, "ouch": self.ouch, "net_tx": self.net_tx, "mac_tx": self.mac_tx}
         self.stages = {name: stages[name] for name in STAGE_ORDER}
@@ -204,6 +211,7 @@ class Appliance(wiring.Component):
             "o_book_event": Out(stream.Signature(book_event_layout, always_ready=True)),
             "o_reject": Out(stream.Signature(reject_layout, always_ready=True)),
             "o_accepted": Out(stream.Signature(order_layout, always_ready=True)),
+            "i_inbound": In(stream.Signature(packet_layout())),
             "o_events": Out(stream.Signature(event_record_layout)),
             "order_tx": Out(XgmiiSignature()),
             "csr": In(CsrBusSignature()),
@@ -213,8 +221,9 @@ class Appliance(wiring.Component):
         m = Module()
         m.submodules.market_data = self.market_data
         m.submodules.order_path = self.order_path
+        m.submodules.order_feedback = self.order_feedback
         for name, stage in self.stages.items():
-            if name not in self.market_data.stages and name not in self.order_path.stages:
+            if not any(name in path.stages for path in (self.market_data, self.order_path, self.order_feedback)):
                 m.submodules[name] = stage
         m.submodules.csr_bank = self.bank
         connect(m, wiring.flipped(self.csr), self.bank.bus)
@@ -230,6 +239,8 @@ class Appliance(wiring.Component):
         for source, port, sink in ((self.book.o_event, self.o_book_event, self.events.i_book),
                                    (self.order_path.o_reject, self.o_reject, self.events.i_reject),
                                    (self.order_path.o_accepted, self.o_accepted, self.events.i_accepted),
+                                   (self.order_path.o_accepted, None, self.order_feedback.i_accepted),
+                                   (self.order_feedback.o_record, None, self.events.i_exchange),
                                    (self.market_data.o_gap, None, self.events.i_gap)):
             m.d.comb += [sink.valid.eq(source.valid), sink.payload.eq(source.payload)]
             if port is not None:
@@ -237,7 +248,10 @@ class Appliance(wiring.Component):
         connect(m, self.events.o_stream, wiring.flipped(self.o_events))
         connect(m, self.trigger.o_stream, self.order_entry.i_trigger)
         connect(m, self.order_entry.o_stream, self.order_path.i_stream)
-        connect(m, self.order_entry.o_exposure, self.order_path.i_exposure)
+        # Exposure: the host's updates and the exchange's answers (through the open-order table).
+        connect(m, self.order_entry.o_exposure, self.order_feedback.i_host_exposure)
+        connect(m, wiring.flipped(self.i_inbound), self.order_feedback.i_inbound)
+        connect(m, self.order_feedback.o_exposure, self.order_path.i_exposure)
         connect(m, self.order_path.book, self.book.query)
 
         m.submodules.gather = self.gather

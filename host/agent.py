@@ -495,6 +495,12 @@ class Agent:
             return
         t = m["message_type"]
         p = self.positions
+        if t in ("A", "E", "C", "D") and (session, m["user_ref_num"]) not in p.orders:
+            # the journal keeps only what fits the orders it holds, so a replay never breaks
+            self.alert(CRITICAL, AlertCode.UNKNOWN_ORDER,
+                       f"session {session}: OUCH {t!r} for order {m['user_ref_num']}, which the "
+                       f"host does not hold open: {m}")
+            return
         try:
             if t == "A":
                 self._record(RecordType.ACK, user_ref_num=m["user_ref_num"], session=session,

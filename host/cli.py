@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="random seed: equal seeds give equal files (default: %(default)s)")
     gen.add_argument("-o", "--output", metavar="FILE", type=Path, required=True,
                      help="raw ITCH file to write")
-    gen.add_argument("--profile", choices=("day", "book"), default="day",
+    gen.add_argument("--profile", metavar="PROFILE", choices=("day", "book"), default="day",
                      help="day: every message type, prices loosely around a mid; book: an uncrossed "
                           "order book with price-time executions at the touch, for order-book work "
                           "(at most 8 symbols) (default: %(default)s)")

@@ -124,6 +124,9 @@ class SoupBinServer:
         """Append ``message`` to the account's sequenced stream; a logged-in client gets it now."""
         account = self._accounts[username.upper()]
         account.stream.append(message)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("session %s user %s sequence %d out: %s", self.session, account.username,
+                         len(account.stream), message.hex())
         if account.connection is not None:
             account.connection.send("S", message)
 
@@ -244,6 +247,8 @@ class SoupBinServer:
                 if not payload:
                     self._malformed(conn, "Unsequenced Data packet without a message")
                 else:
+                    if logger.isEnabledFor(logging.DEBUG):
+                        logger.debug("session %s user %s in: %s", self.session, account.username, payload.hex())
                     self.on_message(account.username, payload)
             elif packet_type == "R" or packet_type == "+":
                 pass

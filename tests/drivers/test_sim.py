@@ -112,9 +112,9 @@ def events_until(card, count, seconds=20):
 
 def test_identity_registers_and_the_clock(card, capsys):
     assert card.id.magic == card.regmap.magic
-    card.trigger.price_limit = 123_4567
-    assert card.trigger.price_limit == 123_4567
-    card.trigger.price_limit = DEFAULT_REGISTERS["trigger.price_limit"]
+    card.trigger.rule_0_threshold = 123_4567
+    assert card.trigger.rule_0_threshold == 123_4567
+    card.trigger.rule_0_threshold = DEFAULT_REGISTERS["trigger.rule_0_threshold"]
     with pytest.raises(RegisterAccessError):
         card.risk.accepted = 3
     before = card.id.cycles

@@ -11,6 +11,7 @@ from amaranth.sim import Simulator
 from tickwire.hdl.book import book_event_layout
 from tickwire.hdl.events import EventStage
 from tickwire.hdl.moldudp64 import gap_layout
+from tickwire.hdl.ouch_inbound import record_layout as exchange_layout
 from tickwire.hdl.order import OrderSource, order_layout
 from tickwire.hdl.risk import reject_layout
 from tickwire.protocols.events import EventFlag, EventType, unpack
@@ -34,7 +35,8 @@ def run(events, *, backpressure=0.0, depth=16, seed=1):
     records = []
     result = {}
     ports = {"accepted": (dut.i_accepted, order_layout), "reject": (dut.i_reject, reject_layout),
-             "book": (dut.i_book, book_event_layout), "gap": (dut.i_gap, gap_layout)}
+             "book": (dut.i_book, book_event_layout), "gap": (dut.i_gap, gap_layout),
+             "exchange": (dut.i_exchange, exchange_layout)}
 
     async def bench(ctx):
         cycle = 0
@@ -74,6 +76,16 @@ def expected_fields(name, p):
     if name == "book":
         return EventType.BOOK_UNTRUSTED, EventFlag.NONE, {"reason": p["kind"], "slot": p["slot"],
                                                           "stock_locate": p["stock_locate"]}
+    if name == "exchange":
+        t = chr(p["message_type"])
+        if t == "A":
+            return EventType.EXCHANGE_ACK, EventFlag.NONE, {"user_ref_num": p["user_ref_num"], "quantity": p["quantity"],
+                                                            "order_reference_number": p["order_reference_number"]}
+        if t == "E":
+            return EventType.FILL, EventFlag.NONE, {"liquidity_flag": p["liquidity_flag"], "user_ref_num": p["user_ref_num"],
+                                                    "quantity": p["quantity"], "price": p["price"], "session": p["session"]}
+        return EventType.CANCEL, EventFlag.NONE, {"reason": p["reason"], "user_ref_num": p["user_ref_num"],
+                                                  "quantity": p["quantity"], "session": p["session"]}
     return EventType.GAP, EventFlag.NONE, {"sequence_number": p["sequence_number"],
                                            "message_count": p["message_count"]}
 
@@ -91,17 +103,29 @@ def random_events(rng, cycles, rate):
                             "order_reference_number": rng.getrandbits(64), "sequence_number": rng.getrandbits(64)}
         if rng.random() < rate:
             step["gap"] = {"session": 0, "sequence_number": rng.getrandbits(64), "message_count": rng.randrange(1 << 32)}
+        if rng.random() < rate:
+            # Sequenced data the event stage reports, and some it must not (other types, errors, other packets).
+            kind = rng.choice("AECAECJSx")
+            step["exchange"] = {name: 0 for name, _ in exchange_layout} | {
+                "packet_type": ord("S") if kind != "x" else ord("H"), "message_type": ord(kind if kind != "x" else "A"),
+                "error": int(rng.random() < 0.1), "session": rng.randrange(4), "user_ref_num": rng.getrandbits(32),
+                "quantity": rng.randrange(1 << 20), "price": rng.randrange(1 << 31),
+                "order_reference_number": rng.getrandbits(64), "liquidity_flag": ord(rng.choice("AR")),
+                "reason": ord(rng.choice("UIT"))}
         out.append(step)
     return out
 
 
 def check(events, records, result):
-    sent = {name: [(c, p) for c, step in enumerate(events) for n, p in step.items() if n == name]
-            for name in ("accepted", "reject", "book", "gap")}
+    def reported(name, p):
+        return name != "exchange" or (p["packet_type"] == ord("S") and not p["error"] and chr(p["message_type"]) in "AEC")
+    sent = {name: [(c, p) for c, step in enumerate(events) for n, p in step.items() if n == name and reported(n, p)]
+            for name in ("accepted", "reject", "book", "gap", "exchange")}
     decoded = [(cycle, unpack(data.to_bytes(32, "little"))) for cycle, data in records]
     assert [e.sequence for _, e in decoded] == list(range(len(decoded)))
     by_type = {EventType.ORDER_SENT: "accepted", EventType.RISK_REJECT: "reject",
-               EventType.BOOK_UNTRUSTED: "book", EventType.GAP: "gap"}
+               EventType.BOOK_UNTRUSTED: "book", EventType.GAP: "gap", EventType.EXCHANGE_ACK: "exchange",
+               EventType.FILL: "exchange", EventType.CANCEL: "exchange"}
     got = {name: [] for name in sent}
     for cycle, e in decoded:
         got[by_type[e.type]].append((cycle, e))

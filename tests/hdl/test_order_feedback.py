@@ -292,6 +292,8 @@ def test_register_windows_fit_a_bank():
         feedback = OrderFeedback()
         bank = CsrBank([(name, stage.registers) for name, stage in feedback.stages.items()])
         names = set(bank.address_map())
+        stages = {name: stage.registers for name, stage in feedback.stages.items()}
+        del feedback, bank
         gc.collect()
-    assert tuple(feedback.stages) == ORDER_FEEDBACK_STAGES
-    assert names == {f"{stage}.{r.name}" for stage, s in feedback.stages.items() for r in s.registers}
+    assert tuple(stages) == ORDER_FEEDBACK_STAGES
+    assert names == {f"{stage}.{r.name}" for stage, registers in stages.items() for r in registers}

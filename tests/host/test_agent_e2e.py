@@ -305,16 +305,12 @@ class CardFeed:
 
 
 def _directory(symbol, locate):
-    fields = {f.name: 0 for f in itch.MESSAGES["R"].fields if f.name != "message_type"}
-    for f in itch.MESSAGES["R"].fields:
-        if f.type == "alpha":
-            fields[f.name] = " "
-    fields.update(stock_locate=locate, stock=symbol, market_category="Q",
-                  financial_status_indicator="N", round_lot_size=100, round_lots_only="N",
-                  issue_classification="C", issue_sub_type="Z", authenticity="P",
-                  short_sale_threshold_indicator="N", ipo_flag="N", luld_reference_price_tier="1",
-                  etp_flag="N", etp_leverage_factor=0, inverse_indicator="N")
-    return itch.pack("R", **fields)
+    return itch.pack("R", stock_locate=locate, tracking_number=0, timestamp=1, stock=symbol,
+                     market_category="Q", financial_status_indicator="N", round_lot_size=100,
+                     round_lots_only="N", issue_classification="C", issue_sub_type="Z",
+                     authenticity="P", short_sale_threshold_indicator="N", ipo_flag="N",
+                     luld_reference_price_tier="1", etp_flag="N", etp_leverage_factor=0,
+                     inverse_indicator="N")
 
 
 # -- the test --------------------------------------------------------------------------------------
@@ -324,9 +320,7 @@ def test_orders_fills_kill_sigkill_and_restart(tmp_path, config, exchange, card_
     control = str(tmp_path / "agent.sock")
     agent = AgentProcess(config, journal, control)
     try:
-        status = agent.ask("status")
-        assert status["sessions"][0]["state"] == "up" or _wait_for(
-            lambda: agent.ask("status")["sessions"][0]["state"] == "up", 20, "session up")
+        _wait_for(lambda: agent.ask("status")["sessions"][0]["state"] == "up", 20, "session up")
         config_changes = [r for r in JournalReader(journal) if r.type == RecordType.CONFIG_CHANGE]
         assert config_changes, "the config's register writes are journalled"
         assert agent.ask("limits")["slots"][0]["max_order_quantity"] == 1000
@@ -356,7 +350,7 @@ def test_orders_fills_kill_sigkill_and_restart(tmp_path, config, exchange, card_
         # 30 long at 190.20, marked at the bid 189.90
         assert row["unrealized"] == (189_9000 - 190_2000) * 30
         table = agent.cli("positions")
-        assert table.returncode == 0 and "AAPL" in table.stdout and "5600.0000" in table.stdout
+        assert table.returncode == 0 and "AAPL" in table.stdout and "56.0000" in table.stdout
 
         # The card's exposure agrees with the positions (reconciled while quiet).
         _wait_for(lambda: agent.ask("status")["reconciliation"]["checked"] >= 3, 20,

@@ -20,11 +20,13 @@ from .defaults import DEFAULT_FEED, DEFAULT_INDEXED, DEFAULT_REGISTERS, FEED_GRO
 from .feed import build_feed, feed_frames, frames as udp_frames, generate_messages
 from .model import COUNTER_NAMES, PipelineModel, with_fcs
 from .pcap import read_pcap, write_pcap
-from .tb import CLOCK_NS, CsrMaster, StreamSink, XgmiiStartProbe, reset, start_clock
+from .tb import CLOCK_NS, CsrMaster, StreamSink, StreamSource, XgmiiStartProbe, reset, start_clock
 from ..hdl.events import event_record_layout
 from ..hdl.order_entry import HOST_ORDER_FIELDS
 from ..protocols.events import EventFlag, EventType, unpack as unpack_event
 from ..protocols.risk import RejectReason
+from ..protocols import ouch as ouch_protocol, soupbintcp
+from ..hdl.packet import packet_layout
 
 logger = logging.getLogger("tb_top")
 
@@ -309,6 +311,57 @@ async def host_orders(dut):
     assert {r for _, r in tb.model.rejects} == {RejectReason.SYMBOL_DISABLED, RejectReason.ZERO_QUANTITY,
                                                RejectReason.PRICE_COLLAR, RejectReason.UNKNOWN_SESSION}
     assert [e.sequence for e in events] == list(range(len(events)))
+
+
+def _inbound_beats(data: bytes):
+    """The exchange's byte stream as ``i_inbound`` beats: 8 bytes a beat (the last one shorter)."""
+    for k in range(0, len(data), 8):
+        chunk = data[k:k + 8]
+        yield {"data": int.from_bytes(chunk, "little"), "nbytes": len(chunk), "last": int(k + 8 >= len(data)),
+               "length": len(data)}
+
+
+@cocotb.test()
+async def exchange_answers(dut):
+    """The exchange's answers on i_inbound (until the TCP engine receives them): an accepted host
+    order is acknowledged and filled in two parts; risk's exposure follows (position, open
+    quantity, open orders) and the host sees EXCHANGE_ACK and FILL event records."""
+    tb = TB(dut)
+    inbound = StreamSource(dut, "i_inbound__", packet_layout())
+    await tb.start()
+    order = _host_order(quantity=100, price=189_9000)
+    for name in HOST_ORDER_FIELDS:
+        await tb.csr.write(f"order_entry.host_{name}", order[name])
+    await tb.csr.write("order_entry.host_submit", 1)
+    expected = tb.model.submit(order)
+    received = await tb.drain(len(expected))
+    await tb.check(expected, received)
+    [(accepted, reason)] = tb.model.verdicts
+    assert reason == 0
+    urn = accepted["user_ref_num"]
+    common = {"timestamp": 34_200_000_000_000, "user_ref_num": urn}
+    messages = [
+        ouch_protocol.pack_message(ouch_protocol.OUTBOUND, "A", **common, side="B", quantity=100, symbol="AAPL",
+                                   price=189_9000, time_in_force="0", display="Y", order_reference_number=77,
+                                   capacity="P", intermarket_sweep_eligibility="N", cross_type="N",
+                                   order_state="L", cl_ord_id=f"TW01{urn:08X}  "),
+        ouch_protocol.pack_message(ouch_protocol.OUTBOUND, "E", **common, quantity=30, price=189_9000,
+                                   liquidity_flag="A", match_number=5),
+        ouch_protocol.pack_message(ouch_protocol.OUTBOUND, "E", **common, quantity=70, price=189_8900,
+                                   liquidity_flag="R", match_number=6),
+    ]
+    stream = b"".join(soupbintcp.frame("S", m) for m in messages) + soupbintcp.frame("H")
+    await inbound.send(_inbound_beats(stream))
+    for _ in range(200):
+        await RisingEdge(dut.clk)
+    await tb.csr.write("risk.limit_slot", 0)
+    position = await tb.csr.read("risk.position")
+    assert (position, await tb.csr.read("risk.open_buy_quantity"), await tb.csr.read("risk.open_orders")) == (100, 0, 0)
+    events = [unpack_event(b["data"].to_bytes(32, "little")) for b in tb.events.beats]
+    kinds = [(e.type, e.fields.get("user_ref_num"), e.fields.get("quantity")) for e in events]
+    assert kinds == [(EventType.ORDER_SENT, urn, 100), (EventType.EXCHANGE_ACK, urn, 100),
+                     (EventType.FILL, urn, 30), (EventType.FILL, urn, 70)], kinds
+    assert events[-1]["liquidity_flag"] == ord("R") and events[-1]["price"] == 189_8900
 
 
 @cocotb.test()

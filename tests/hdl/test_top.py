@@ -9,7 +9,7 @@ import pytest
 from tickwire.sim.runner import run
 
 
-@pytest.mark.parametrize("testcase", ["default_feed", "bad_input_never_wedges", "kill_switch", "ab_lines", "host_orders"])
+@pytest.mark.parametrize("testcase", ["default_feed", "bad_input_never_wedges", "kill_switch", "ab_lines", "host_orders", "exchange_answers"])
 def test_top(testcase):
     run("top", "tickwire.sim.tb_top", testcase=testcase)
 

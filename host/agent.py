@@ -304,9 +304,8 @@ class Agent:
             if item[0] == "session":
                 self._on_session(*item[1:])
                 did = True
-            elif item[0] == "control":
+            elif item[0] == "control":  # not card activity: reconciliation may still run
                 self._on_control(*item[1:])
-                did = True
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
@@ -473,7 +472,7 @@ class Agent:
     def _on_session(self, kind: str, session: Any, value: Any) -> None:
         if kind == "bytes":
             self.counts["session_bytes"] += len(value)
-            if self.inbound_port:
+            if self.inbound_port and session.number == self._card_session():
                 try:
                     self.card.driver.send_frame("inbound", value)
                 except TickwireError as e:
@@ -571,8 +570,9 @@ class Agent:
     def _exposure(self, kind: ExposureUpdateKind, order: Any, quantity: int) -> None:
         """Tell the card's risk stage what the exchange did to an order (unless the card hears
         the session itself through its inbound port)."""
-        if self.inbound_port or "order_entry.exposure_submit" not in self.regmap:
-            return
+        if "order_entry.exposure_submit" not in self.regmap or (
+                self.inbound_port and order.session == self._card_session()):
+            return  # the card follows its own session through i_inbound
         slot = self._slots.get(order.symbol)
         if slot is None:
             self.alert(WARNING, AlertCode.RECONCILE, f"order {order.user_ref_num}: symbol "

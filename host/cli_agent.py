@@ -70,7 +70,7 @@ def add_commands(commands: Any, parents: Sequence[argparse.ArgumentParser]) -> N
                      help="MoldUDP64 retransmission server for feed gaps (default: none)")
     run.add_argument("--feed-session", metavar="NAME", default="",
                      help="MoldUDP64 session named in retransmission requests "
-                          "(default: blank)")
+                          "(default: '%(default)s', blank)")
     run.add_argument("--reconcile-interval", metavar="SECONDS", type=float, default=1.0,
                      help="how often to mark positions and reconcile with the card "
                           "(default: %(default)s)")

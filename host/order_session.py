@@ -158,6 +158,8 @@ class OrderSession:
                 self._connect_and_serve()
                 pause = self.BACKOFF[0]
             except (OSError, OrderSessionError, ValueError) as e:
+                if self._stop.is_set():
+                    break
                 logger.warning("session %s: %s", self.name, e)
                 self._set_state(f"down: {e}")
             finally:

@@ -230,11 +230,21 @@ def config(tmp_path, card_socket, exchange):
 class AgentProcess:
     def __init__(self, config, journal, control, *extra):
         self.control = control
+        self.log = open(f"{control}.log", "ab")  # a file: a pipe nobody reads could fill up
         self.proc = subprocess.Popen(
             [*CLI, "run", "--config", str(config), "--journal", str(journal), "--control",
              control, "--metrics-port", "0", "--reconcile-interval", "0.3", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _wait_for(self._answers, STARTUP, "tickwire run", self.proc)
+            stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.monotonic() + STARTUP
+        while not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop(signal.SIGKILL)
+                pytest.fail(f"tickwire run did not start: {self.output()}")
+            time.sleep(0.1)
+
+    def output(self):
+        with open(f"{self.control}.log", "rb") as f:
+            return f.read().decode(errors="replace")
 
     def _answers(self):
         try:
@@ -253,6 +263,7 @@ class AgentProcess:
 
     def stop(self, sig=signal.SIGTERM):
         _stop(self.proc, sig)
+        self.log.close()
 
 
 def _positions_row(agent, symbol):
@@ -549,3 +560,53 @@ def test_apply_failure_leaves_no_partial_writes(tmp_path, config, card_socket):
         and "as it was" in lines[0], result.stderr
     assert _card_values(card_socket, writes) == before
     assert [r.type for r in JournalReader(tmp_path / "j")] == []  # no CONFIG_CHANGE kept
+
+
+def test_bad_config_is_one_error(tmp_path, config):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config.read_text().replace("max_order_quantity = 1000",
+                                              "max_order_quantity = -5"))
+    result = _run_once("--config", str(bad), "--journal", str(tmp_path / "j"), "--control",
+                       str(tmp_path / "c.sock"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.toml:" in lines[0] and "max_order_quantity" in lines[0], \
+        result.stderr
+    assert not (tmp_path / "c.sock").exists() and not (tmp_path / "j").exists()
+
+
+def test_card_that_does_not_answer(tmp_path, config):
+    mute_path = str(tmp_path / "mute.sock")
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(mute_path)
+    mute.listen(1)
+    try:
+        text = config.read_text()
+        start = text.index('socket = "') + len('socket = "')
+        text = text[:start] + mute_path + text[text.index('"', start):]
+        text = text.replace("timeout = 20", "timeout = 0.5")
+        (tmp_path / "mute.toml").write_text(text)
+        t0 = time.monotonic()
+        result = _run_once("--config", str(tmp_path / "mute.toml"), "--journal",
+                           str(tmp_path / "j"), "--control", str(tmp_path / "c.sock"))
+        assert time.monotonic() - t0 < 30
+    finally:
+        mute.close()
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "did not answer in 0.5 s" in lines[0], result.stderr
+    assert list(JournalReader(tmp_path / "j")) == []
+    assert not (tmp_path / "c.sock").exists()
+
+
+def test_driver_not_available(tmp_path, config):
+    text = config.read_text()
+    card_table = text[text.index("[card]"):text.index("[[feeds]]")]
+    text = text.replace(card_table, '[card]\ndriver = "dpdk"\n\n')
+    (tmp_path / "dpdk.toml").write_text(text)
+    result = _run_once("--config", str(tmp_path / "dpdk.toml"), "--journal", str(tmp_path / "j"),
+                       "--control", str(tmp_path / "c.sock"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no driver 'dpdk'" in lines[0], result.stderr
+    assert not (tmp_path / "c.sock").exists()

@@ -18,8 +18,9 @@ BAR_BYTES = 16384
 
 
 class FakeCard(threading.Thread):
-    """Maps the same BAR file: answers id.*, counts id.cycles, and while trigger.enable is set
-    'sends' one order per trigger.quantity write: an ORDER_SENT event and ouch.orders_sent + 1."""
+    """Maps the same BAR file: answers id.*, counts id.cycles, and while trigger rule 0 is on
+    'sends' one order per trigger.rule_0_quantity write: an ORDER_SENT event and
+    ouch.orders_sent + 1."""
 
     def __init__(self, bar_path, ring_path, regmap):
         super().__init__(daemon=True)
@@ -31,7 +32,7 @@ class FakeCard(threading.Thread):
         self.stop = threading.Event()
         self.words[regmap["id.magic"].address] = regmap.magic
         self.words[regmap["id.regmap_version"].address] = regmap.regmap_version
-        self.last_quantity = self.words[regmap["trigger.quantity"].address]
+        self.last_quantity = self.words[regmap["trigger.rule_0_quantity"].address]
 
     def run(self):
         r = self.regmap
@@ -42,14 +43,14 @@ class FakeCard(threading.Thread):
         while not self.stop.is_set():  # bounded by the test's stop()
             cycles += 1000
             self.words[r["id.cycles"].address] = cycles & 0xFFFF_FFFF
-            quantity = self.words[r["trigger.quantity"].address]
-            if self.words[r["trigger.enable"].address] and quantity != last_quantity:
+            quantity = self.words[r["trigger.rule_0_quantity"].address]
+            if self.words[r["trigger.rule_0_kind"].address] and quantity != last_quantity:
                 sent = r["ouch.orders_sent"].address
                 self.words[sent] += 1
                 writer.write(Event(EventType.ORDER_SENT, cycles, fields={
                     "action": ord("O"), "user_ref_num": self.words[sent], "quantity": quantity,
-                    "price": self.words[r["trigger.price_limit"].address], "stock_locate":
-                    self.words[r["trigger.stock_locate"].address], "side": ord("B"),
+                    "price": self.words[r["trigger.rule_0_threshold"].address], "stock_locate":
+                    self.words[r["trigger.rule_0_slot"].address], "side": ord("B"),
                     "session": 0}))
                 last_quantity = quantity
             time.sleep(0.0005)
@@ -92,12 +93,12 @@ def test_words_land_in_the_bar_file(bar):
 def test_card_api_over_pcie_with_events(fake):
     driver, _, regmap = fake
     card = Card(driver, regmap)  # identity from the fake card
-    card.trigger.price_limit = 1_000_000
-    card.trigger.stock_locate = 12
-    card.trigger.enable = 1
+    card.trigger.rule_0_threshold = 1_000_000
+    card.trigger.rule_0_slot = 12
+    card.trigger.rule_0_kind = 1
     received = []
     for quantity in range(1, 13):  # 12 orders through an 8-entry ring: it wraps
-        card.trigger.quantity = quantity
+        card.trigger.rule_0_quantity = quantity
         deadline = time.monotonic() + 5
         while len(received) < quantity and time.monotonic() < deadline:
             received += card.events(timeout=0.5)

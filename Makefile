@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 
 # pytest exits with 5 when it collected no tests: that is a failure here, not a pass.
 test: $(VENV)/.installed
-	@rc=0; $(VENV)/bin/python -m pytest -q || rc=$$?; \
+	@rc=0; $(VENV)/bin/python -m pytest -q --durations=30 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: error: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 

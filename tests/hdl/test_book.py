@@ -42,10 +42,11 @@ def run_book(records, *, params, backpressure: float = 0.0, seed: int = 1, clear
                 # The host writes between messages: once the earlier ones are through the book.
                 ctx.set(dut.i_stream.valid, 0)
                 for _ in range(6):
-                    await ctx.tick()
-                    cycle += 1
+                    await ctx.delay(1e-9)   # sample before the edge that takes the beat
                     if ctx.get(dut.o_stream.valid) and ctx.get(dut.o_stream.ready):
                         out.append((cycle, _view_dict(ctx.get(dut.o_stream.payload))))
+                    await ctx.tick()
+                    cycle += 1
                 ctx.set(dut.regs.clear_untrusted, clears.pop(index))
                 ctx.set(dut.regs.clear_untrusted_stb, 1)
             if index < len(pending):

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 
 import pytest
@@ -63,6 +65,7 @@ class Run:
     slot_state: dict[int, dict[str, int]] = field(default_factory=dict)
     session_state: dict[int, dict[str, int]] = field(default_factory=dict)
     readback: dict[tuple[str, int], int] = field(default_factory=dict)
+    session_edges: dict[int, int] = field(default_factory=dict)  # session -> edge its state was read after
 
 
 def _fields(const, names) -> dict[str, int]:
@@ -156,9 +159,12 @@ def simulate(params: dict, *, config: list[tuple], cycles: list[dict], book: dic
             row["position"] -= (row["position"] >> dut.quantity_width) << (dut.quantity_width + 1)
             result.slot_state[s] = row
             result.readback[("max_order_quantity", s)] = ctx.get(regs.max_order_quantity_readback)
+        tail = 4 + 2 * dut.slots
         for s in range(dut.sessions):
             ctx.set(regs.limit_session, s)
             await ctx.tick()
+            tail += 1
+            result.session_edges[s] = edge + tail
             result.session_state[s] = {n: ctx.get(getattr(regs, n if n != "last_user_ref_num"
                                                           else "last_user_ref_num_readback"))
                                        for n in SESSION_STATE_REGISTERS}
@@ -175,7 +181,7 @@ def replay(params: dict, run_: Run, book: dict[int, BookTop] | None = None) -> t
     book = book or {}
     orders = {e: o for e, o in run_.orders}
     updates = {e: u for e, u in run_.updates}
-    last = max([0, *run_.kill, *orders, *updates]) + 2
+    last = max([0, *run_.kill, *orders, *updates, *run_.writes]) + 2
     accepted, rejected = [], []
     for edge in range(1, last + 1):
         model.kill, model.kill_session = run_.kill.get(edge, (0, 0))
@@ -204,8 +210,15 @@ def compare(params, run_: Run, book=None) -> RiskModel:
         exp = model.slot_exposure[s]
         assert row == {"position": exp.position, "open_buy_quantity": exp.open_buy_quantity,
                        "open_sell_quantity": exp.open_sell_quantity, "open_orders": exp.open_orders}, f"slot {s}"
+    last = max([0, *run_.kill, *(e for e, _ in run_.orders), *(e for e, _ in run_.updates), *run_.writes]) + 2
     for s, got in run_.session_state.items():
-        st_ = model.session_state[s]
+        # The token bucket kept refilling until the state was read: tick a copy of the
+        # session as far (nothing else changes a bucket after the last order).
+        st_ = copy.copy(model.session_state[s])
+        for _ in range(run_.session_edges[s] - last):
+            refill = st_.timer + 1 >= st_.throttle_interval
+            st_.timer = 0 if refill else st_.timer + 1
+            st_.throttle_tokens = min(st_.throttle_tokens + refill, st_.throttle_burst)
         assert got == {"open_notional": st_.open_notional, "throttle_tokens": st_.throttle_tokens,
                        "last_user_ref_num": st_.last_user_ref_num}, f"session {s}"
     return model

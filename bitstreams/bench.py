@@ -15,17 +15,19 @@ import datetime
 import importlib.metadata
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .boards import BOARDS, Board
 from .build import DESIGN_FILES, NAME, build_board, design_key, prepare
-from .ecp5 import TimingError, ToolchainError, Utilization, parse_nextpnr_report, parse_yosys_stat
+from .ecp5 import (TimingError, ToolchainError, Utilization, _clock_name, parse_nextpnr_report,
+                   parse_yosys_stat)
 from .report import (DEFAULT_DEVICE, DEFAULT_PACKAGE, DEFAULT_SPEED, ImplementationReport,
                      design_rtlil, place_and_route, synthesize)
 
-__all__ = ["book_figures", "appliance_figures", "ECP5_85F", "BOOK_CLOCK_HZ", "cache_root"]
+__all__ = ["book_figures", "appliance_figures", "NotCached", "ECP5_85F", "BOOK_CLOCK_HZ", "cache_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +65,39 @@ def _fits(u: dict[str, int]) -> bool:
     return all(u[k] <= ECP5_85F[k] for k in ("lut4", "ff", "ebr", "dsp"))
 
 
-def _synthesized(make: Callable[[], Any], label: str, cache: Path, *,
-                 refresh: bool) -> tuple[dict[str, Any], ImplementationReport | None]:
-    """Synthesis figures of ``make()`` from the cache, or from a new yosys run."""
+class NotCached(LookupError):
+    """No cached result of any version of the design, and building was not allowed."""
+
+
+def _latest(cache: Path, label: str, name: str) -> Path | None:
+    """The newest ``name`` of any earlier version of ``label`` in ``cache``."""
+    found = sorted(cache.glob(f"{label}-*/{name}"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _stale(saved: Path) -> dict[str, Any]:
+    figures = json.loads(saved.read_text())
+    figures["stale_note"] = ("measured on an earlier version of the design (its RTLIL no longer "
+                             "hashes the same); `make bench` without --no-build measures the "
+                             "current one")
+    return figures
+
+
+def _synthesized(make: Callable[[], Any], label: str, cache: Path, *, refresh: bool,
+                 build: bool = True) -> tuple[dict[str, Any], ImplementationReport | None]:
+    """Synthesis figures of ``make()`` from the cache, or from a new yosys run (``build``; else
+    the newest cached figures of an earlier version, marked with ``stale_note``)."""
     _, text = design_rtlil(make())
     key = design_key({"design.il": text}, DEFAULT_DEVICE, _tool_versions())
     folder = cache / f"{label}-{key[:16]}"
     saved = folder / "synthesis.json"
     if saved.exists() and not refresh:
         return json.loads(saved.read_text()), None
+    if not build:
+        earlier = _latest(cache, label, "synthesis.json")
+        if earlier is None:
+            raise NotCached(f"no synthesis of {label} in {cache}")
+        return _stale(earlier), None
     logger.info("synthesizing %s into %s", label, folder)
     report = synthesize(make(), out_dir=folder, device=DEFAULT_DEVICE, name="design")
     figures = {"utilization": _utilization(report.utilization, report),
@@ -83,13 +109,20 @@ def _synthesized(make: Callable[[], Any], label: str, cache: Path, *,
 
 
 def _placed(make: Callable[[], Any], label: str, cache: Path, clock_hz: float, seed: int, *,
-            refresh: bool) -> dict[str, Any]:
+            refresh: bool, build: bool = True) -> dict[str, Any]:
     """Synthesis, place and route figures of ``make()``, cached beside the synthesis."""
-    synthesis, report = _synthesized(make, label, cache, refresh=refresh)
+    synthesis, report = _synthesized(make, label, cache, refresh=refresh, build=build)
     folder = Path(synthesis["folder"])
-    saved = folder / f"pnr-{clock_hz / 1e6:g}MHz-seed{seed}.json"
+    name = f"pnr-{clock_hz / 1e6:g}MHz-seed{seed}.json"
+    saved = folder / name
     if saved.exists() and not refresh:
-        return json.loads(saved.read_text())
+        figures = json.loads(saved.read_text())
+        return {**figures, "stale_note": synthesis["stale_note"]} if "stale_note" in synthesis else figures
+    if not build:
+        earlier = _latest(cache, label, name)
+        if earlier is None:
+            raise NotCached(f"no place and route of {label} at {clock_hz / 1e6:g} MHz in {cache}")
+        return _stale(earlier)
     if report is None:      # synthesis came from the cache: rebuild the report from its files
         u = parse_yosys_stat(folder / "design.stat.json", "top")
         s = synthesis["utilization"]
@@ -108,18 +141,21 @@ def _placed(make: Callable[[], Any], label: str, cache: Path, clock_hz: float, s
 
 
 def book_figures(*, cache: Path | None = None, clock_hz: float = BOOK_CLOCK_HZ, seed: int = 1,
-                 refresh: bool = False) -> dict[str, Any]:
+                 refresh: bool = False, build: bool = True) -> dict[str, Any]:
     """The order book on an LFE5UM5G-85F: ``default`` (synthesis only, the default parameters),
     ``searched`` (synthesis of each smaller capacity tried) and ``largest`` (the largest capacity,
     other parameters default, that fits: synthesized, placed and routed, with Fmax). Each entry
-    has ``parameters``, figures and ``how`` (a sentence saying how they were measured)."""
+    has ``parameters``, figures and ``how`` (a sentence saying how they were measured).
+    ``build=False`` runs no tool: figures of an earlier version of the book come from the cache
+    with a ``stale_note`` (:class:`NotCached` when there are none)."""
     from ..hdl.book import Book
     cache = (cache or cache_root() / "bench" / "ecp5") / "book"
     cache.mkdir(parents=True, exist_ok=True)
     default = Book()
     params = {"slots": default.slots, "capacity": default.capacity, "ways": default.ways,
               "depth": default.depth}
-    synthesis, _ = _synthesized(lambda: Book(**params), "book-default", cache, refresh=refresh)
+    synthesis, _ = _synthesized(lambda: Book(**params), "book-default", cache, refresh=refresh,
+                                build=build)
     u = synthesis["utilization"]
     out: dict[str, Any] = {"default": {
         "parameters": params, **synthesis,
@@ -133,7 +169,8 @@ def book_figures(*, cache: Path | None = None, clock_hz: float = BOOK_CLOCK_HZ, 
     largest = None
     while capacity >= max(_MIN_CAPACITY, params["ways"]):
         trial = {**params, "capacity": capacity}
-        figures, _ = _synthesized(lambda: Book(**trial), f"book-{capacity}", cache, refresh=refresh)
+        figures, _ = _synthesized(lambda: Book(**trial), f"book-{capacity}", cache, refresh=refresh,
+                                  build=build)
         searched.append({"parameters": trial, **figures})
         if figures["fits"]:
             largest = trial
@@ -144,7 +181,7 @@ def book_figures(*, cache: Path | None = None, clock_hz: float = BOOK_CLOCK_HZ, 
         out["largest"] = None
         return out
     placed = _placed(lambda: Book(**largest), f"book-{largest['capacity']}", cache, clock_hz, seed,
-                     refresh=refresh)
+                     refresh=refresh, build=build)
     pu = placed["placed"]
     out["largest"] = {
         "parameters": largest, **placed,
@@ -175,6 +212,20 @@ def _built_key(folder: Path, seed: int) -> str | None:
     return design_key(files, f"seed {seed}", _tool_versions())
 
 
+_ESTIMATE = re.compile(r"Max frequency for clock +'([^']+)': ([\d.]+) MHz \((?:PASS|FAIL) at ([\d.]+) MHz\)")
+
+
+def _placement_estimate(log: Path) -> list[dict[str, Any]]:
+    """nextpnr's Fmax estimate after placement (the first report in its log; routing follows)."""
+    if not log.exists():
+        return []
+    found = {}
+    for name, achieved, target in _ESTIMATE.findall(log.read_text(errors="replace")):
+        found.setdefault(_clock_name(name), {"name": _clock_name(name), "fmax_mhz": float(achieved),
+                                             "target_mhz": float(target)})
+    return list(found.values())
+
+
 def appliance_figures(board: Board | str, *, out_dir: Path | None = None, build: bool = True,
                       seed: int = 1) -> dict[str, Any]:
     """Post-route Fmax per clock, utilization (LUT4, FF, EBR, DSP: synthesized and placed) and
@@ -203,8 +254,18 @@ def appliance_figures(board: Board | str, *, out_dir: Path | None = None, build:
             return {"board": board.name, "error": str(e)}
         rebuilt = True
     if not built.exists() or not (folder / f"{NAME}.report.json").exists():
-        return {"board": board.name, "stale": (f"no finished build in {folder}: run "
-                                               f"tickwire build --board {board.name}")}
+        out = {"board": board.name, "stale": (f"no finished build in {folder}: run "
+                                              f"tickwire build --board {board.name}")}
+        stat = folder / f"{NAME}.stat.json"
+        if stat.exists():   # synthesized, place and route not finished (or still running)
+            u = parse_yosys_stat(stat, NAME)
+            when = datetime.datetime.fromtimestamp(stat.stat().st_mtime, datetime.timezone.utc)
+            out["synthesis_only"] = {"lut4": u.lut4, "ff": u.ff, "ebr": u.ebr, "dsp": u.dsp,
+                                     "carry": u.carry, "distributed_ram": u.distributed_ram,
+                                     "measured_at": when.strftime("%Y-%m-%d %H:%M UTC"),
+                                     "current": _built_key(folder, seed) == key}
+            out["placement_estimate"] = _placement_estimate(folder / f"{NAME}.tim")
+        return out
     doc = json.loads(built.read_text())
     clocks, placed = parse_nextpnr_report(folder / f"{NAME}.report.json")
     measured = datetime.datetime.fromtimestamp((folder / f"{NAME}.report.json").stat().st_mtime,

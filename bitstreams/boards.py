@@ -41,9 +41,10 @@ def _ecpix5_platform():
     return ECPIX585Platform(toolchain="Trellis")
 
 
-#: ECPIX-5 core clock divider of the 750 MHz VCO: 15 -> 50 MHz (Fmax measured by `make bitstream`,
-#: docs/boards.md).
-ECPIX5_CORE_DIVIDER = 15
+#: ECPIX-5 core clock divider of the 750 MHz VCO: 36 -> 20.83 MHz, above the 19.53 MHz the core
+#: needs to keep up with 1 GbE. The build at 50 MHz (divider 15) placed the core at an estimated
+#: 21.3 MHz (nextpnr after placement, 2026-11-28; docs/benchmarks.md has the post-route figure).
+ECPIX5_CORE_DIVIDER = 36
 ECPIX5_MAC_ADDRESS = 0x02_74_77_69_72_01   # locally administered, "twir", 01
 #: ECPIX-5 sizes: the ECP5-85F has 208 EBR (3.7 Mbit) and 83,640 LUT4, so the book keeps 16 symbols,
 #: 2,048 live orders (4 ways) and 4 levels per side, with 2 order sessions and the smallest feed

@@ -28,6 +28,7 @@ DRIVERS: Mapping[str, tuple[str, str]] = {
     "pcie": ("pcie", "PcieDriver"),
     "rdma": ("rdma", "RdmaDriver"),
     "rawpacket": ("rawpacket", "RawPacketDriver"),
+    "ethmgmt": ("ethmgmt", "EthManagementDriver"),
 }
 
 

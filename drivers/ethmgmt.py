@@ -38,9 +38,10 @@ class EthManagementDriver(Driver):
 
     Parameters: ``interface`` (the host's port wired to the card), ``card_mac`` (the card's MAC
     address, ``02:74:77:69:72:01`` for the ECPIX-5 build; broadcast reaches any card on the
-    link), ``source_mac`` (this host's address in the requests; default the interface's own). Every access waits up to ``timeout`` seconds for
-    its reply, then raises :class:`CardTimeout`; replies to earlier, timed-out requests are
-    dropped and counted in :attr:`stale_replies`.
+    link), ``source_mac`` (this host's address in the requests; default the interface's own).
+    Every access waits up to ``timeout`` seconds for its reply, then raises
+    :class:`CardTimeout`; replies to earlier, timed-out requests are dropped and counted in
+    :attr:`stale_replies`. Nothing is retried: a write may be an action (a strobe register).
     """
 
     name = "ethmgmt"

@@ -1,6 +1,6 @@
 """1 GbE RGMII MAC front end: DDR pins to GMII bytes, and GMII bytes to and from 64-bit XGMII words."""
 
-from amaranth.hdl import Module, Signal, Cat, Const, Mux, ClockDomain, ClockSignal, Elaboratable
+from amaranth.hdl import Module, Signal, Cat, Const, Mux, ClockDomain, ClockSignal, Elaboratable, IOPort
 from amaranth.lib import wiring, fifo, io
 from amaranth.lib.wiring import In, Out
 
@@ -124,7 +124,11 @@ class RgmiiPhy(wiring.Component):
             m.domains += ClockDomain(self.rx_domain)
             rx_clk = m.submodules.rx_clk_buffer = io.Buffer("i", pads.rx_clk)
             m.d.comb += ClockSignal(self.rx_domain).eq(rx_clk.i)
-            platform.add_clock_constraint(rx_clk.i, RGMII_CLOCK_HZ)
+            # On the pin (FREQUENCY PORT): nextpnr ignores a constraint on the buffer's net,
+            # which synthesis renames, and would leave RXC unconstrained.
+            port = getattr(pads.rx_clk, "io", None)
+            platform.add_clock_constraint(port if isinstance(port, IOPort) else rx_clk.i,
+                                          RGMII_CLOCK_HZ)
 
         d0, d1 = _ddr(m, "rx_data_ddr", "i", pads.rx_data, self.rx_domain, platform)
         c0, c1 = _ddr(m, "rx_ctrl_ddr", "i", pads.rx_ctrl, self.rx_domain, platform)

@@ -93,7 +93,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DRIVERS = ("sim", "pcie", "rdma", "rawpacket", "dpdk")
+DRIVERS = ("sim", "pcie", "rdma", "rawpacket", "ethmgmt", "dpdk")
 PRICE_SCALE = 10_000
 _PRICE_NAME = re.compile(r"price|notional|collar")
 _SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9 .\-]{0,7}\Z")

@@ -44,14 +44,24 @@ def percentile(values, q):
 
 # -- measurements --------------------------------------------------------------------------------
 
+#: Risk limits of the tick-to-trade run, over the demo's defaults (sim/defaults.py): the defaults
+#: allow 4 open orders and 500 shares long, so only the first few triggers would become orders;
+#: raised here so that every trigger the feed causes is an order whose latency is measured.
+BENCH_RISK_LIMITS = {"risk.max_open_orders[0]": 0xFFFF, "risk.max_long_position[0]": 0xFFFF_FFFF,
+                     "risk.max_short_position[0]": 0xFFFF_FFFF,
+                     "risk.max_open_notional[0]": (1 << 63) - 1}
+
+
 def measure_tick_to_trade(messages: int, per_datagram: int, clock_mhz: float,
                           out: Path) -> dict[str, Any]:
     """The whole appliance in Verilator (``sim/tb_top.py``, the demo bench) on a generated feed
     of ``messages`` ITCH messages, ``per_datagram`` per MoldUDP64 datagram, in back-to-back
-    frames: tick-to-trade of every order, messages per cycle, losses."""
+    frames, with :data:`BENCH_RISK_LIMITS`: tick-to-trade of every order, messages per cycle,
+    losses."""
     t0 = time.monotonic()
     s = _simulate(out, {"TICKWIRE_DEMO_MESSAGES": str(messages),
-                        "TICKWIRE_DEMO_MAX_MESSAGES": str(per_datagram)}, clock_mhz)
+                        "TICKWIRE_DEMO_MAX_MESSAGES": str(per_datagram),
+                        "TICKWIRE_DEMO_REGISTERS": json.dumps(BENCH_RISK_LIMITS)}, clock_mhz)
     wall = time.monotonic() - t0
     c = s["counters"]
     ns = s["clock_ns"]
@@ -192,8 +202,11 @@ def _section_tick_to_trade(t: dict[str, Any], lines: list[str]) -> None:
         f"`tickwire demo` bench) on a generated feed of {t['messages']:,} ITCH messages, "
         f"{t['per_datagram']} per MoldUDP64 datagram, in {t['frames_in']} back-to-back XGMII "
         f"frames; cycles from the first XGMII word of the feed frame in to the first word of the "
-        f"order frame out, for each of the {t['orders']} orders the trigger sent; p99 is the "
-        f"nearest-rank 99th percentile. The output was compared with the reference model: "
+        f"order frame out, for each of the {t['orders']} orders the trigger sent (risk limits "
+        f"on open orders, position and open notional raised so that every trigger is an order: "
+        f"`BENCH_RISK_LIMITS` in `sim/bench.py`); p99 is the nearest-rank 99th percentile"
+        f"{' (with fewer than 100 orders it is the maximum)' if t['orders'] < 100 else ''}. The "
+        f"order frames were compared with the reference model: "
         f"{'equal byte for byte' if t['matches_model'] else 'DIFFERENT'}.",
         f"* Messages per cycle sustained: {t['delivered']:,} of {t['messages']:,} messages "
         f"delivered by the MoldUDP64 stage while the feed took {t['feed_cycles']:,} cycles on the "
@@ -237,7 +250,21 @@ def _section_boards(boards: list[dict[str, Any]], lines: list[str]) -> None:
     lines += ["## Boards: post-route Fmax and utilization (open flow, ECP5)", ""]
     for b in boards:
         if "stale" in b or "error" in b:
-            lines += [f"* `{b['board']}`: not measured: {b.get('stale') or b.get('error')}", ""]
+            lines += [f"* `{b['board']}`: no post-route figures: {b.get('stale') or b.get('error')}."]
+            s = b.get("synthesis_only")
+            if s:
+                lines += [f"  Its synthesis (yosys `synth_ecp5 -abc9` of the board top, "
+                          f"{s['measured_at']}"
+                          f"{'' if s['current'] else ', an earlier version of the design'}): "
+                          f"{s['lut4']:,} LUT4, {s['ff']:,} FF, {s['ebr']} EBR, {s['dsp']} DSP, "
+                          f"{s['carry']:,} CCU2C, {s['distributed_ram']:,} DPR16X4; place and "
+                          f"route not finished."]
+            estimate = b.get("placement_estimate")
+            if estimate:
+                lines += ["  nextpnr's Fmax estimate after placement (before routing): " + ", ".join(
+                    f"`{c['name']}` {c['fmax_mhz']:.2f} MHz (target {c['target_mhz']:g})"
+                    for c in estimate) + "."]
+            lines.append("")
             continue
         u, p = b["utilization"] or {}, b["placed"]
 
@@ -289,6 +316,8 @@ def _section_book(book: dict[str, Any], lines: list[str]) -> None:
         lines += [f"* Largest that fits: {book['largest']['how']} Synthesis "
                   f"{book['largest']['synth_seconds'] / 60:.1f} min, place and route "
                   f"{book['largest']['pnr_seconds'] / 60:.1f} min."]
+    notes = {e.get("stale_note") for e in [book["default"], *book["searched"], book["largest"] or {}]}
+    lines += [f"* **Stale**: these figures were {note.removeprefix('measured ')}." for note in sorted(notes - {None})]
     lines.append("")
 
 
@@ -321,6 +350,8 @@ def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
         ("journal", _section_journal)]
     for key, write in sections:
         value = figures.get(key)
+        reused = figures.get("reused", {}).get(key)
+        start = len(lines)
         if isinstance(value, dict) and "failed" in value:
             title = {"tick_to_trade": "Tick-to-trade", "replay": "Native replay speed",
                      "stages": "Per-stage latency", "boards": "Boards", "book": "Order book",
@@ -328,10 +359,22 @@ def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
             lines += [f"## {title}", "", f"Not measured in this run: {value['failed']}", ""]
         elif value is not None:
             write(value, lines)
+            if reused:      # after the section's heading
+                lines[start + 2:start + 2] = [f"*Not re-measured by the last run: these figures are "
+                                              f"from the run of {reused}.*", ""]
     path.write_text("\n".join(lines).rstrip() + "\n")
 
 
 # -- the command -----------------------------------------------------------------------------------
+
+#: The parts ``--skip`` names.
+PARTS = ("tick_to_trade", "replay", "boards", "book", "journal")
+
+
+def _figures_file() -> Path:
+    from .runner import build_root
+    return build_root() / "bench" / "figures.json"
+
 
 def _attempt(name: str, figures: dict[str, Any], run: Callable[[], Any]) -> bool:
     """Run one measurement into ``figures[name]``; a failure is recorded, not fatal."""
@@ -366,9 +409,10 @@ def main(argv=None) -> int:
                         help="use only cached ECP5 results; never start a place and route "
                              "(default: build what is stale, which takes many minutes)")
     parser.add_argument("--skip", action="append", default=[], metavar="PART",
-                        choices=("tick_to_trade", "replay", "boards", "book", "journal"),
-                        help="leave a part out (repeatable): tick_to_trade, replay, boards, "
-                             "book, journal (default: none)")
+                        choices=PARTS,
+                        help="do not measure a part (repeatable): tick_to_trade, replay, boards, "
+                             "book, journal; the report keeps its figures from the last run "
+                             "(build/bench/figures.json), dated (default: none)")
     parser.add_argument("--doc", type=Path, default=DOC, metavar="FILE",
                         help="the report to write (default: docs/benchmarks.md)")
     args = parser.parse_args(argv)
@@ -416,13 +460,23 @@ def main(argv=None) -> int:
     if "book" not in args.skip:
         print("bench: order book on the ECP5-85F (cached when unchanged) ...")
         from ..bitstreams.bench import book_figures
-        if _attempt("book", figures, lambda: book_figures(refresh=False)):
+        if _attempt("book", figures, lambda: book_figures(build=not args.no_build)):
             _print_book(figures["book"])
     if "journal" not in args.skip:
         if _attempt("journal", figures, _measure_journal):
             j = figures["journal"]
             print(f"journal: appender {_n(j['appender_records_per_second'])} records/s, "
                   f"append_many {_n(j['append_many_records_per_second'])} records/s (wall clock)")
+    saved = _figures_file()
+    previous = json.loads(saved.read_text()) if saved.exists() else {}
+    for part in args.skip:
+        if part in previous and part not in figures:
+            figures[part] = previous[part]
+            figures.setdefault("reused", {})[part] = previous.get("dates", {}).get(part, previous.get("date"))
+    figures["dates"] = {**previous.get("dates", {}),
+                        **{p: figures["date"] for p in PARTS if p in figures and p not in args.skip}}
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(figures, indent=1, default=str))
     write_report(figures, args.doc)
     print(f"bench: wrote {args.doc}" + (f" and {args.doc.parent / PLOT_NAME}"
                                         if (args.doc.parent / PLOT_NAME).exists() else ""))

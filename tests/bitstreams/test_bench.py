@@ -63,6 +63,12 @@ def test_place_and_route_results_are_cached_by_design(tmp_path, monkeypatch):
     assert again == first
     with pytest.raises(AssertionError, match="a tool ran"):
         ecp5_bench._placed(lambda: Counter(width=12), "counter", tmp_path, 100e6, 1, refresh=False)
+    # Not allowed to build: the earlier design's figures, marked as such.
+    stale = ecp5_bench._placed(lambda: Counter(width=12), "counter", tmp_path, 100e6, 1,
+                               refresh=False, build=False)
+    assert stale["fmax_mhz"] == first["fmax_mhz"] and "earlier version" in stale["stale_note"]
+    with pytest.raises(ecp5_bench.NotCached, match="no synthesis of other"):
+        ecp5_bench._placed(lambda: Counter(), "other", tmp_path, 100e6, 1, refresh=False, build=False)
 
 
 class Blinky(Elaboratable):
@@ -141,7 +147,7 @@ def test_report_and_histogram(tmp_path):
     assert f"![tick-to-trade histogram]({sim_bench.PLOT_NAME})" in text
     assert "## Native replay speed\n\nNot measured in this run: RuntimeError: no harness" in text
     assert "| book | 3 cycles |" in text
-    assert "`ecpix5`: not measured: no finished build" in text
+    assert "`ecpix5`: no post-route figures: no finished build" in text
     assert "| `Journal.appender` | 2,000,000 | 2,000,000 |" in text
     assert "0.100 messages/cycle" in text
     json.dumps(figures)    # what main saves must be JSON

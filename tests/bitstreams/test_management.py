@@ -3,6 +3,8 @@ the frames of protocols/management.py, under random backpressure, and ignores wh
 
 import random
 
+import pytest
+
 from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
@@ -145,3 +147,30 @@ def test_reply_latency_is_two_cycles():
     latencies = [offered - taken for taken, offered in zip(last_taken, first_offered)]
     # READ waits one cycle more for the bank's read data.
     assert latencies == [3, 2]
+
+
+def test_frame_layout_round_trip_and_errors():
+    """protocols/management.py, which the port slices by: bytes at their offsets, bad values refused."""
+    from tickwire.protocols.layout import LayoutError
+    from tickwire.protocols.management import (MANAGEMENT_ETHERTYPE, decode_request, encode_reply)
+    frame = request(WRITE, 0x1234, 0x0ABC, 0xDEADBEEF)
+    assert frame == (CARD_MAC + HOST_MAC + MANAGEMENT_ETHERTYPE.to_bytes(2, "big")
+                     + bytes.fromhex("01 02 1234 0abc deadbeef"))
+    assert decode_request(frame) == (CARD_MAC, HOST_MAC, ManagementRequest(WRITE, 0x1234, 0x0ABC, 0xDEADBEEF))
+    reply = encode_reply(ManagementRequest(READ, 9, 3), 77, destination=HOST_MAC, source=CARD_MAC)
+    assert len(reply) == MIN_FRAME_LENGTH and reply[15] == 0x81
+    assert decode_reply(reply) == (HOST_MAC, CARD_MAC, ManagementRequest(READ, 9, 3, 77))
+    with pytest.raises(LayoutError, match="not a management reply"):
+        decode_reply(frame)
+    with pytest.raises(LayoutError, match="not a management request"):
+        decode_request(reply)
+    with pytest.raises(LayoutError, match="opcode must be READ"):
+        ManagementRequest(3, 0, 0)
+    with pytest.raises(LayoutError, match="address must fit 2 bytes, not 65536"):
+        ManagementRequest(READ, 0, 0x10000)
+    with pytest.raises(LayoutError, match="EtherType 0x0800"):
+        decode_reply(frame[:12] + b"\x08\x00" + frame[14:])
+    with pytest.raises(LayoutError, match="management version 2"):
+        decode_request(frame[:14] + b"\x02" + frame[15:])
+    with pytest.raises(LayoutError, match="at least 24 bytes, not 20"):
+        decode_request(frame[:20])

@@ -12,7 +12,7 @@ def test_every_listed_driver_is_a_driver():
     for name in ("sim", "pcie", "rawpacket"):
         cls = driver_class(name)
         assert issubclass(cls, Driver) and cls.name == name
-    assert set(DRIVERS) == {"sim", "pcie", "rdma", "rawpacket"}
+    assert set(DRIVERS) == {"sim", "pcie", "rdma", "rawpacket", "ethmgmt"}
 
 
 def test_errors_are_tickwire_errors():
@@ -22,7 +22,7 @@ def test_errors_are_tickwire_errors():
 
 @pytest.mark.parametrize("config, error, message", [
     ({"driver": "dpdk"}, DriverUnavailable, "no driver 'dpdk' \\(drivers: sim, pcie, rdma, "
-                                            "rawpacket\\)"),
+                                            "rawpacket, ethmgmt\\)"),
     ({}, DriverError, "no 'driver' key"),
     ("sim", DriverError, "must be a mapping"),
     ({"driver": "pcie", "resource": "/nonexistent/resource0"}, DriverUnavailable,

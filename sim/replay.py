@@ -200,56 +200,19 @@ def build_harness(announce: Callable[[str], None] | None = None, *, dut: str = D
 def _build(native: Path, announce: Callable[[str], None], dut: str = DUT) -> Harness:
     layout_ref, top_ref = HARNESS_DUTS[dut]
     record_layout = _resolve(layout_ref)
-    from .runner import generate, verilator_env, verilator_root
-    verilog, verilog_digest = generate(dut)
+    from .runner import generate
+    verilog, _ = generate(dut)
     ports = _top_ports(verilog.read_text(), dut)
-    wrapper_text = _wrapper(ports, dut)
-    harness_digest = _digest(*(s.read_bytes() for s in _SOURCES), wrapper_text.encode(),
-                             " ".join(_VERILATOR_FLAGS).encode())
-    directory = native / f"{dut}-{verilog_digest}-{harness_digest}"
-    if (directory / ".built").exists():
-        return Harness.load(directory)
-
-    fields = tuple(_flatten(record_layout))
     port = {name: width for _, width, name in ports}.get("o_records__payload")
     if port != record_layout.size:
         raise RuntimeError(f"o_records__payload is {port} bits in {verilog}, but record_layout "
                            f"is {record_layout.size}: the DUT does not emit {layout_ref} records")
     doc = {"dut": dut, "verilog": verilog.name, "record_bits": record_layout.size,
-           "record_fields": [dataclasses.asdict(f) for f in fields],
+           "record_fields": [dataclasses.asdict(f) for f in _flatten(record_layout)],
            "registers": _address_map(_resolve(top_ref)())}
-
-    native.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=native))
-    wrapper = work / f"{WRAPPER}.v"
-    wrapper.write_text(wrapper_text)
-    env = {**os.environ, **verilator_env()}
-    jobs = str(os.cpu_count() or 2)
-    command = [str(verilator_root() / "bin" / "verilator"), *_VERILATOR_FLAGS, "-j", jobs,
-               str(verilog), str(wrapper), *(str(s) for s in _SOURCES)]
-    announce(f"building the replay harness in {directory} "
-             f"(a few minutes, once per change of the gateware)")
     t0 = time.monotonic()
-    with open(work / "build.log", "w") as log:
-        log.write(" ".join(command) + "\n")
-        log.flush()
-        done = subprocess.run(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        tail = (work / "build.log").read_text().splitlines()[-30:]
-        raise RuntimeError(f"building the replay harness failed (exit {done.returncode}); "
-                           f"log: {work / 'build.log'}\n" + "\n".join(tail))
-    (work / "obj_dir" / "replay").replace(work / "replay")
-    shutil.rmtree(work / "obj_dir")  # the objects and precompiled headers: ~150 MB
-    (work / "harness.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (work / ".built").write_text(f"{verilog_digest} {harness_digest}\n")
-    work.chmod(0o755)  # mkdtemp made it private
-    try:
-        work.rename(directory)
-    except OSError:  # built by someone else meanwhile
-        if not (directory / ".built").exists():
-            raise
-        shutil.rmtree(work, ignore_errors=True)
-    logger.info("replay harness built in %.0f s", time.monotonic() - t0)
+    directory = verilate(native, dut, verilog, WRAPPER, _wrapper(ports, dut), _SOURCES, "replay", doc, announce)
+    logger.info("replay harness ready in %.0f s", time.monotonic() - t0)
     return Harness.load(directory)
 
 

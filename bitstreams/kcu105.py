@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Module, Signal
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..hdl.mac import MacRx, MacTx, XgmiiSignature, XGMII_START, XGMII_TERMINATE
-from ..hdl.rgmii import IDLE_WORD
+from ..hdl.mac import MacRx, MacTx, XgmiiSignature
+from ..hdl.rgmii import IDLE_WORD, admit_whole_frames
 from ..hdl.top import Appliance
 from .boards import Board
 from .ecpix5 import check_appliance_kwargs
@@ -79,27 +79,8 @@ class XgmiiFrameMerge(wiring.Component):
             port = getattr(self, name)
             q = m.submodules[f"{name}_fifo"] = fifo.SyncFIFOBuffered(width=_ENTRY, depth=self.depth)
             queues.append(q)
-            start = port.ctrl[0] & (port.data[:8] == XGMII_START)
-            term = Cat(*[port.ctrl[k] & (port.data[8 * k:8 * k + 8] == XGMII_TERMINATE)
-                         for k in range(8)]).any()
-            writing = Signal(name=f"{name}_writing")
-            skipping = Signal(name=f"{name}_skipping")
-            dropped = Signal(32, name=f"{name}_dropped")
-            m.d.comb += [getattr(self, f"{name}_dropped").eq(dropped),
-                         q.w_data.eq(Cat(port.data, port.ctrl, term))]
-            with m.If(writing):
-                m.d.comb += q.w_en.eq(1)
-                with m.If(term):
-                    m.d.sync += writing.eq(0)
-            with m.Elif(skipping):
-                with m.If(term):
-                    m.d.sync += skipping.eq(0)
-            with m.Elif(start):
-                with m.If(q.level <= self.depth - max_words):
-                    m.d.comb += q.w_en.eq(1)
-                    m.d.sync += writing.eq(1)
-                with m.Else():
-                    m.d.sync += [skipping.eq(1), dropped.eq(dropped + 1)]
+            m.d.comb += getattr(self, f"{name}_dropped").eq(
+                admit_whole_frames(m, name, port, q, q.level, self.depth - max_words))
 
         out_d = Signal(64, init=IDLE_WORD)
         out_c = Signal(8, init=0xFF)

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .mac import XgmiiSignature, XGMII_IDLE, XGMII_START, XGMII_TERMINATE, XGMII_ERROR, PREAMBLE_SFD
 
-__all__ = ["GmiiSignature", "RgmiiPhy", "GmiiToXgmii", "XgmiiToGmii", "RgmiiMac", "RGMII_CLOCK_HZ",
+__all__ = ["GmiiSignature", "admit_whole_frames", "RgmiiPhy", "GmiiToXgmii", "XgmiiToGmii", "RgmiiMac", "RGMII_CLOCK_HZ",
            "XGMII_WORD_RATE_HZ", "IDLE_WORD", "START_WORD"]
 
 #: RGMII clock at 1 Gb/s: 125 MHz, one byte per cycle (a nibble on each edge).
@@ -311,6 +311,33 @@ class GmiiToXgmii(wiring.Component):
         return m
 
 
+def admit_whole_frames(m, name, port, q, level, room):
+    """Write the XGMII frames of ``port`` into FIFO ``q`` word by word, (data, ctrl, terminate)
+    per entry, a whole frame or none: a frame that starts while ``level`` exceeds ``room`` is
+    skipped to its /T/ and counted. Returns the 32-bit count of frames dropped."""
+    start = Signal(name=f"{name}_start")
+    m.d.comb += start.eq(port.ctrl[0] & (port.data[:8] == XGMII_START))
+    term = _has_lane(m, port.data, port.ctrl, XGMII_TERMINATE)
+    writing = Signal(name=f"{name}_writing")
+    skipping = Signal(name=f"{name}_skipping")
+    dropped = Signal(32, name=f"{name}_dropped")
+    m.d.comb += q.w_data.eq(Cat(port.data, port.ctrl, term))
+    with m.If(writing):
+        m.d.comb += q.w_en.eq(1)
+        with m.If(term):
+            m.d.sync += writing.eq(0)
+    with m.Elif(skipping):
+        with m.If(term):
+            m.d.sync += skipping.eq(0)
+    with m.Elif(start):
+        with m.If(level <= room):
+            m.d.comb += q.w_en.eq(1)
+            m.d.sync += writing.eq(1)
+        with m.Else():
+            m.d.sync += [skipping.eq(1), dropped.eq(dropped + 1)]
+    return dropped
+
+
 def _has_lane(m, d, c, char):
     """1 when any control lane of the word (d, c) holds ``char``."""
     hit = Signal(name=f"has_{char:02x}")
@@ -388,27 +415,8 @@ class XgmiiToGmii(wiring.Component):
             q = m.submodules[f"{name}_fifo"] = fifo.AsyncFIFO(
                 width=_ENTRY_BITS, depth=self.depth, w_domain="sync", r_domain=g)
             fifos.append(q)
-            start = Signal(name=f"{name}_start")
-            m.d.comb += start.eq(port.ctrl[0] & (port.data[:8] == XGMII_START))
-            term = _has_lane(m, port.data, port.ctrl, XGMII_TERMINATE)
-            writing = Signal(name=f"{name}_writing")
-            skipping = Signal(name=f"{name}_skipping")
-            dropped = Signal(32, name=f"{name}_dropped")
-            m.d.comb += [getattr(self, f"{name}_dropped").eq(dropped),
-                         q.w_data.eq(Cat(port.data, port.ctrl, term))]
-            with m.If(writing):
-                m.d.comb += q.w_en.eq(1)
-                with m.If(term):
-                    m.d.sync += writing.eq(0)
-            with m.Elif(skipping):
-                with m.If(term):
-                    m.d.sync += skipping.eq(0)
-            with m.Elif(start):
-                with m.If(q.w_level <= self.depth - max_words):
-                    m.d.comb += q.w_en.eq(1)
-                    m.d.sync += writing.eq(1)
-                with m.Else():
-                    m.d.sync += [skipping.eq(1), dropped.eq(dropped + 1)]
+            m.d.comb += getattr(self, f"{name}_dropped").eq(
+                admit_whole_frames(m, name, port, q, q.w_level, self.depth - max_words))
 
         # -- GMII side: whole frames, round robin, a byte per clock ----------------------------
         n = len(self.sources)

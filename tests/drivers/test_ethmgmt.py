@@ -2,7 +2,6 @@
 the Amaranth simulation of bitstreams/management.py's ManagementPort on a register bank, and
 against a Python responder that misbehaves on purpose (late and stray replies, silence)."""
 
-import ctypes
 import os
 import shutil
 import subprocess
@@ -26,39 +25,17 @@ from tickwire.protocols.layout import LayoutError
 from tickwire.protocols.management import (MANAGEMENT_ETHERTYPE, READ, ManagementRequest,
                                            decode_request, encode_reply)
 from tickwire.protocols.net import MIN_FRAME_LENGTH
+from tickwire.sim.netns import inside
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="AF_PACKET and network namespaces need root"),
     pytest.mark.skipif(shutil.which("ip") is None, reason="no 'ip' command (iproute2)"),
 ]
 
-CLONE_NEWNET = 0x40000000
 CARD = 0x02_74_77_69_72_01
 CARD_MAC = CARD.to_bytes(6, "big")
 HOST_MAC = "02:00:00:00:00:0a"
 SCRATCH_ADDRESS = WINDOW_WORDS
-
-
-def _setns(fd):
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns failed")
-
-
-@contextmanager
-def inside(netns):
-    """Run the block in network namespace ``netns`` (this thread only)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,9 @@
 """rawpacket driver on a veth pair inside a network namespace the test creates and removes."""
 
-import ctypes
 import os
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
 
 import pytest
 
@@ -13,6 +11,7 @@ from tickwire.drivers import DriverError, DriverUnavailable, open_driver
 from tickwire.drivers.rawpacket import RawPacketDriver
 from tickwire.protocols import moldudp64
 from tickwire.sim.feed import udp_frame
+from tickwire.sim.netns import inside
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="AF_PACKET and network namespaces need root"),
@@ -21,30 +20,6 @@ pytestmark = [
 
 #: IEEE 802 local experimental EtherType: nothing else on the link uses it.
 EXPERIMENTAL = 0x88B5
-CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd):
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns failed")
-
-
-@contextmanager
-def inside(netns):
-    """Run the block in network namespace ``netns`` (this thread only); sockets made inside
-    stay there."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 @pytest.fixture(scope="module")

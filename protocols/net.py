@@ -123,3 +123,45 @@ def ip_to_int(ip: str | bytes | int) -> int:
 def int_to_ip(value: int) -> str:
     """32-bit int -> ``"10.0.0.2"``."""
     return ".".join(str(b) for b in ip_to_int(value).to_bytes(4, "big"))
+
+
+#: TCP header without options (RFC 9293). Data offset (in 32-bit words) is the high nibble of the
+#: byte at offset 12; the flags are the byte at offset 13 (CWR ECE URG ACK PSH RST SYN FIN).
+TCP = Message("TCP Header", "", (
+    F("source_port", 0, 2), F("destination_port", 2, 2), F("sequence_number", 4, 4),
+    F("acknowledgment_number", 8, 4), F("data_offset", 12, 1), F("flags", 13, 1),
+    F("window", 14, 2), F("checksum", 16, 2), F("urgent_pointer", 18, 2)))
+
+TCP_HEADER_LENGTH = TCP.length                  # 20
+IP_PROTOCOL_TCP = 6
+#: Offset of the TCP header / payload in an Ethernet/IPv4/TCP frame without IP or TCP options.
+TCP_HEADER_OFFSET = ETHERNET_HEADER_LENGTH + IPV4_HEADER_LENGTH                   # 34
+TCP_PAYLOAD_OFFSET = TCP_HEADER_OFFSET + TCP_HEADER_LENGTH                         # 54
+#: Data offset byte of a header without options (5 words).
+TCP_DATA_OFFSET_NO_OPTIONS = 5 << 4
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+
+def tcp_checksum(source_ip: int, destination_ip: int, segment: bytes) -> int:
+    """The TCP checksum of ``segment`` (header with a zero checksum field, then payload) between
+    the two IPv4 addresses (pseudo-header: addresses, zero, protocol 6, TCP length). Over a
+    segment that already carries a correct checksum it is 0."""
+    pseudo = (source_ip.to_bytes(4, "big") + destination_ip.to_bytes(4, "big")
+              + bytes((0, IP_PROTOCOL_TCP)) + len(segment).to_bytes(2, "big"))
+    return ipv4_checksum(pseudo + bytes(segment))
+
+#: ARP for IPv4 over Ethernet (RFC 826), the packet after the Ethernet header (28 bytes).
+ARP = Message("ARP Packet", "", (
+    F("hardware_type", 0, 2), F("protocol_type", 2, 2), F("hardware_length", 4, 1),
+    F("protocol_length", 5, 1), F("operation", 6, 2), F("sender_hardware_address", 8, 6),
+    F("sender_protocol_address", 14, 4), F("target_hardware_address", 18, 6),
+    F("target_protocol_address", 24, 4)))
+ARP_HARDWARE_ETHERNET = 1
+ARP_REQUEST, ARP_REPLY = 1, 2
+BROADCAST_MAC = 0xFFFFFFFFFFFF
+
+#: TCP option kinds (RFC 9293): end of list, no-operation, maximum segment size (4 bytes long).
+TCP_OPTION_END, TCP_OPTION_NOP, TCP_OPTION_MSS = 0, 1, 2
+TCP_OPTION_MSS_LENGTH = 4
+#: The MSS a receiver assumes when the SYN carries no MSS option (RFC 9293 3.7.1).
+TCP_DEFAULT_MSS = 536

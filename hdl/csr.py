@@ -17,7 +17,7 @@ WORD_BITS = 32
 WINDOW_WORDS = 64
 REGMAP_FORMAT = "tickwire-regmap"
 #: Bumped whenever the register layout changes incompatibly; checked by the host at connect.
-REGMAP_VERSION = 3
+REGMAP_VERSION = 4
 MAGIC = int.from_bytes(b"TWIR", "big")
 
 

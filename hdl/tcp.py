@@ -263,8 +263,8 @@ class TcpEngine(wiring.Component):
         first_s = beat.session[:max(1, (S - 1).bit_length())]
         first_known = beat.session < S
         first_open = first_known & est[first_s]
-        first_fits = (beat.length != 0) & (beat.length <= mss[first_s])
         need_words = (beat.length + _LANE + 7)[3:]
+        first_fits = (beat.length != 0) & (beat.length <= mss[first_s]) & (need_words <= BW)
         used_words = (w_write[first_s] - w_tail[first_s])[:wbits + 1]
         room = ((d_write[first_s] - d_una[first_s])[:dbits + 1] < D) & (used_words + need_words <= BW)
 
@@ -404,11 +404,12 @@ class TcpEngine(wiring.Component):
             with m.Case(IDLE):
                 with m.If(host_tx.valid):
                     m.d.sync += sender_state.eq(HOST)
+                with m.Elif(datas.any()):
+                    # Data first: it carries the ACK too (and the order should not wait).
+                    m.d.sync += [sender_state.eq(LOAD), t_sess.eq(pick_data), t_kind.eq(0)]
                 with m.Elif(acks.any()):
                     s = pick_ack
                     m.d.sync += [sender_state.eq(LOAD), t_sess.eq(s), t_kind.eq(Mux(ack_req[s], 1, 2))]
-                with m.Elif(datas.any()):
-                    m.d.sync += [sender_state.eq(LOAD), t_sess.eq(pick_data), t_kind.eq(0)]
             with m.Case(LOAD):
                 s = t_sess
                 m.d.comb += sender_busy_on.eq(1 << s)

@@ -5,7 +5,7 @@ from amaranth.lib import wiring, fifo, stream
 from amaranth.lib.wiring import In, Out, connect
 
 from .csr import CsrBank, CsrBusSignature, Register, registers_signature
-from .mac import MacTx, XgmiiSignature
+from .mac import MacRx, MacTx, XgmiiSignature
 from .net import NetTx
 from .market_data import MarketDataPath
 from .symbols import SymbolDirectory
@@ -20,8 +20,9 @@ from .packet import PacketGather
 from .events import EventStage, event_record_layout
 from .order_feedback import OrderFeedback, ORDER_FEEDBACK_STAGES
 from .packet import packet_layout
+from .tcp import TcpEngine
 
-__all__ = ["Appliance", "OrderPath", "Identity", "STAGE_ORDER", "CLOCK_HZ", "FEED_PORTS"]
+__all__ = ["Appliance", "OrderPath", "Identity", "STAGE_ORDER", "CLOCK_HZ", "FEED_PORTS", "TRANSPORTS"]
 
 #: Ports of the market-data path that are the appliance's own ports too.
 FEED_PORTS = ("feed_rx", "feed_rx_b", "i_inject", "o_gap")
@@ -32,7 +33,12 @@ CLOCK_HZ = 156_250_000
 #: Register windows in address order (stage name -> window index). Feed line B's MAC and filter
 #: come last, so every window that existed before line B keeps its address.
 STAGE_ORDER = ("id", "mac_rx", "net_rx", "moldudp64", "itch", "trigger", "risk", "ouch", "net_tx", "mac_tx",
-               "mac_rx_b", "net_rx_b", "symbols", "book", "order_entry", "events", *ORDER_FEEDBACK_STAGES)
+               "mac_rx_b", "net_rx_b", "symbols", "book", "order_entry", "events", *ORDER_FEEDBACK_STAGES,
+               "mac_rx_order", "tcp")
+
+#: How orders leave the order port: ``tcp`` through the TCP engine (OUCH in SoupBinTCP in TCP, what
+#: the exchange takes), ``udp`` each SoupBinTCP packet in a UDP datagram (the host relays it).
+TRANSPORTS = ("tcp", "udp")
 
 
 class Identity(wiring.Component):
@@ -147,6 +153,13 @@ class Appliance(wiring.Component):
         Order sessions (risk limits, UserRefNum counters).
     rules : int
         Trigger rules.
+    transport : str
+        ``"tcp"``: orders leave through the TCP engine (:class:`tickwire.hdl.tcp.TcpEngine`,
+        docs/tcp.md), and the exchange's segments on ``order_rx`` come back through it into the
+        order feedback; ``"udp"``: each OUCH packet leaves in a UDP datagram and the host passes the
+        exchange's bytes in on ``i_inbound``. The engine and its registers exist in both.
+    tcp : dict
+        Keyword arguments of the TCP engine (buffer_words, descriptors, rx_fifo_words).
 
     Members
     -------
@@ -165,9 +178,16 @@ class Appliance(wiring.Component):
     o_accepted : Out(stream.Signature(order_layout, always_ready=True))
         A copy of every order action risk accepted, for the host (drop copy).
     i_inbound : In(stream.Signature(packet_layout()))
-        The exchange's SoupBinTCP byte stream of order session 0 (the host passes it on until the
-        card's TCP engine receives it itself): parsed, matched to the card's open orders, and
-        its executions and cancels update risk's exposure.
+        ``udp`` only: the exchange's SoupBinTCP byte stream of order session 0, passed on by the
+        host: parsed, matched to the card's open orders, and its executions and cancels update
+        risk's exposure (with ``tcp`` the engine's in-order payload of session 0 does this).
+    order_rx : In(XgmiiSignature)
+        The order port's receive side (the exchange's segments, ARP): MAC, then the TCP engine.
+    i_host_data, i_host_frame : In(stream.Signature(...))
+        The host's SoupBinTCP packets (with their session) and raw frames for the TCP engine.
+    o_payload, o_host_frame : Out(stream.Signature(...))
+        The TCP engine's in-order received payload (every session) and the frames it passes to
+        the host.
     o_events : Out(stream.Signature(event_record_layout))
         The same four sources (accepted, rejected, book events, gaps) as 32-byte event records
         (:mod:`tickwire.protocols.events`), for the host's event ring.
@@ -181,7 +201,10 @@ class Appliance(wiring.Component):
     """
 
     def __init__(self, *, order_queue_depth: int = 16, rx_buffer_words: int = 512, book: dict | None = None,
-                 sessions: int = 4, rules: int = 4):
+                 sessions: int = 4, rules: int = 4, transport: str = "udp", tcp: dict | None = None):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        self.transport = transport
         if order_queue_depth < 2:
             raise ValueError(f"order_queue_depth must be at least 2, not {order_queue_depth!r}")
         self.order_queue_depth = order_queue_depth
@@ -194,12 +217,14 @@ class Appliance(wiring.Component):
         self.order_entry = OrderEntry(sessions=sessions)
         self.order_path = OrderPath(slots=self.book.slots, sessions=sessions, order_queue_depth=order_queue_depth)
         self.risk, self.ouch = self.order_path.risk, self.order_path.ouch
-        self.gather = PacketGather(max_payload=MAX_PACKET_LENGTH)
+        self.gather = PacketGather(max_payload=MAX_PACKET_LENGTH) if transport == "udp" else None
         self.net_tx = NetTx(max_payload=MAX_PACKET_LENGTH)
         self.mac_tx = MacTx()
         self.events = EventStage()
         self.order_feedback = OrderFeedback(session=0, sessions=sessions)
-        stages = {"events": self.events, **self.order_feedback.stages, "id": self.identity, **self.market_data.stages, "symbols": self.symbols, "book": self.book,
+        self.mac_rx_order = MacRx(buffer_words=512)
+        self.tcp = TcpEngine(sessions=sessions, **(tcp or {}))
+        stages = {"mac_rx_order": self.mac_rx_order, "tcp": self.tcp, "events": self.events, **self.order_feedback.stages, "id": self.identity, **self.market_data.stages, "symbols": self.symbols, "book": self.book,
                   "trigger": self.trigger, "order_entry": self.order_entry,
                   "risk": self.risk, "ouch": self.ouch, "net_tx": self.net_tx, "mac_tx": self.mac_tx}
         self.stages = {name: stages[name] for name in STAGE_ORDER}
@@ -211,9 +236,14 @@ class Appliance(wiring.Component):
             "o_book_event": Out(stream.Signature(book_event_layout, always_ready=True)),
             "o_reject": Out(stream.Signature(reject_layout, always_ready=True)),
             "o_accepted": Out(stream.Signature(order_layout, always_ready=True)),
-            "i_inbound": In(stream.Signature(packet_layout())),
+            **({"i_inbound": In(stream.Signature(packet_layout()))} if transport == "udp" else {}),
             "o_events": Out(stream.Signature(event_record_layout)),
             "order_tx": Out(XgmiiSignature()),
+            "order_rx": In(XgmiiSignature()),
+            "i_host_data": In(stream.Signature(ouch_packet_layout())),
+            "i_host_frame": In(stream.Signature(packet_layout())),
+            "o_payload": Out(stream.Signature(ouch_packet_layout())),
+            "o_host_frame": Out(stream.Signature(packet_layout())),
             "csr": In(CsrBusSignature()),
         })
 
@@ -250,16 +280,39 @@ class Appliance(wiring.Component):
         connect(m, self.order_entry.o_stream, self.order_path.i_stream)
         # Exposure: the host's updates and the exchange's answers (through the open-order table).
         connect(m, self.order_entry.o_exposure, self.order_feedback.i_host_exposure)
-        connect(m, wiring.flipped(self.i_inbound), self.order_feedback.i_inbound)
         connect(m, self.order_feedback.o_exposure, self.order_path.i_exposure)
         connect(m, self.order_path.book, self.book.query)
 
-        m.submodules.gather = self.gather
-        m.d.comb += [self.gather.i_stream.valid.eq(self.order_path.o_stream.valid),
-                     self.order_path.o_stream.ready.eq(self.gather.i_stream.ready)]
-        for name, _ in self.gather.i_stream.payload.shape():
-            m.d.comb += getattr(self.gather.i_stream.payload, name).eq(getattr(self.order_path.o_stream.payload, name))
-        connect(m, self.gather.o_stream, self.net_tx.i_stream)
-        connect(m, self.net_tx.o_stream, self.mac_tx.i_stream)
+        # The order port's receive side and the TCP engine's host ports.
+        tcp = self.tcp
+        connect(m, wiring.flipped(self.order_rx), self.mac_rx_order.xgmii)
+        connect(m, self.mac_rx_order.o_stream, tcp.i_rx)
+        connect(m, wiring.flipped(self.i_host_data), tcp.i_host_data)
+        connect(m, wiring.flipped(self.i_host_frame), tcp.i_host_frame)
+        connect(m, tcp.o_host_frame, wiring.flipped(self.o_host_frame))
+        feedback = self.order_feedback.i_inbound
+        if self.transport == "tcp":
+            # Session 0's payload goes to the order feedback as well as to the host; both take it.
+            is_fed = tcp.o_payload.payload.session == 0        # OrderFeedback(session=0)
+            m.d.comb += [self.o_payload.valid.eq(tcp.o_payload.valid & (feedback.ready | ~is_fed)),
+                         self.o_payload.payload.eq(tcp.o_payload.payload),
+                         feedback.valid.eq(tcp.o_payload.valid & is_fed & self.o_payload.ready),
+                         tcp.o_payload.ready.eq(self.o_payload.ready & (feedback.ready | ~is_fed))]
+            for name, _ in feedback.payload.shape():
+                m.d.comb += getattr(feedback.payload, name).eq(getattr(tcp.o_payload.payload, name))
+            connect(m, self.order_path.o_stream, tcp.i_data)
+            connect(m, tcp.o_tx, self.mac_tx.i_stream)
+        else:
+            connect(m, wiring.flipped(self.i_inbound), feedback)
+            connect(m, tcp.o_payload, wiring.flipped(self.o_payload))
+            m.submodules.gather = self.gather
+            m.d.comb += [self.gather.i_stream.valid.eq(self.order_path.o_stream.valid),
+                         self.order_path.o_stream.ready.eq(self.gather.i_stream.ready)]
+            for name, _ in self.gather.i_stream.payload.shape():
+                m.d.comb += getattr(self.gather.i_stream.payload, name).eq(getattr(self.order_path.o_stream.payload, name))
+            connect(m, self.gather.o_stream, self.net_tx.i_stream)
+            connect(m, self.net_tx.o_stream, self.mac_tx.i_stream)
+            # The engine still answers the host (its frames wait: the order port is the UDP path's).
+            m.d.comb += tcp.o_tx.ready.eq(0)
         connect(m, self.mac_tx.xgmii, wiring.flipped(self.order_tx))
         return m

@@ -61,16 +61,21 @@ __all__ = ["CardHarness", "build_card_harness", "CardEngine", "CardServer", "ser
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-#: Frame ports a client sends to, by code.
-PORTS = ("feed_a", "feed_b", "inject", "inbound")
-#: Frame ports frames come out of, by code.
-OUT_PORTS = ("order",)
+#: Frame ports a client sends to, by code. ``order`` is the order port's receive side (the
+#: exchange's frames); ``host_frame`` a raw frame the TCP engine sends; ``host_data`` one
+#: SoupBinTCP packet for the TCP engine, after a byte with its session.
+PORTS = ("feed_a", "feed_b", "inject", "inbound", "order", "host_frame", "host_data")
+#: Frame ports frames come out of, by code: the order port's frames, frames the TCP engine
+#: passes to the host, and its in-order received payload (after a byte with the session).
+OUT_PORTS = ("order", "host_frame", "payload")
 #: Largest message either side accepts (a frame, or a batch of received frames).
 MAX_MESSAGE = 1 << 24
 #: Generated top level of the harness, and the executable.
 WRAPPER = "card_top"
 EXECUTABLE = "card"
 DUT = "top"
+#: Appliance DUT of each order transport (``Appliance(transport=...)``).
+TRANSPORT_DUTS = {"udp": "top", "tcp": "top_tcp"}
 #: Bits of the harness's wide ports (inject, inbound and event payloads).
 PAYLOAD_BITS = 256
 #: Largest packet on a packet_layout port (its ``length`` field is 16 bits); longer inbound byte
@@ -83,7 +88,12 @@ ROLES: Mapping[str, tuple[str, str]] = {
     "feed_b": ("feed_rx_b", "xgmii_in"),
     "inject": ("i_inject", "stream_in"),
     "inbound": ("i_inbound", "stream_in"),
+    "order": ("order_rx", "xgmii_in"),
+    "host_data": ("i_host_data", "stream_in"),
+    "host_frame": ("i_host_frame", "stream_in"),
     "events": ("o_events", "stream_out"),
+    "punt": ("o_host_frame", "stream_out"),
+    "payload": ("o_payload", "stream_out"),
     "tx": ("order_tx", "xgmii_out"),
     "csr": ("csr", "csr"),
 }
@@ -105,8 +115,8 @@ class Op:
 class _Harness:
     """Harness request and message codes (card_main.cpp)."""
 
-    READ, WRITE, FEED, INJECT, RUN, SETTLE, RESET, QUIT, INBOUND = range(1, 10)
-    TX_FRAME, IDLE, EVENT, ERROR, REPLY = 0x01, 0x03, 0x04, 0x7F, 0x80
+    READ, WRITE, FEED, INJECT, RUN, SETTLE, RESET, QUIT, INBOUND, HOST_DATA, HOST_FRAME = range(1, 12)
+    TX_FRAME, IDLE, EVENT, PUNT, PAYLOAD, ERROR, REPLY = 0x01, 0x03, 0x04, 0x05, 0x06, 0x7F, 0x80
 
 
 # -- build ----------------------------------------------------------------------------------------
@@ -149,17 +159,23 @@ def _source_key() -> str:
                    " ".join(versions).encode())
 
 
-def build_card_harness(announce: Callable[[str], None] | None = None) -> CardHarness:
+def build_card_harness(announce: Callable[[str], None] | None = None, *,
+                       transport: str = "udp") -> CardHarness:
     """The card harness for the current gateware, built unless a build of the same sources exists
-    (the Verilog is not even generated again then). ``announce`` hears when a build starts."""
+    (the Verilog is not even generated again then). ``announce`` hears when a build starts.
+    ``transport`` picks the appliance's order transport (:data:`TRANSPORT_DUTS`)."""
     from .runner import build_root
+    if transport not in TRANSPORT_DUTS:
+        raise SimCardError(f"transport must be one of {', '.join(TRANSPORT_DUTS)}, not {transport!r}")
+    dut = TRANSPORT_DUTS[transport]
     native = build_root() / "native"
-    index = native / "index" / f"card-{_source_key()}"
+    suffix = "" if dut == DUT else f"-{dut}"
+    index = native / "index" / f"card{suffix}-{_source_key()}"
     if index.exists():
         directory = native / index.read_text().strip()
         if (directory / ".built").exists():
             return CardHarness.load(directory)
-    directory = _build(native, announce or (lambda text: logger.info("%s", text)))
+    directory = _build(native, announce or (lambda text: logger.info("%s", text)), dut)
     index.parent.mkdir(parents=True, exist_ok=True)
     tmp = index.with_suffix(f".{os.getpid()}")
     tmp.write_text(directory.name + "\n")
@@ -167,25 +183,29 @@ def build_card_harness(announce: Callable[[str], None] | None = None) -> CardHar
     return CardHarness.load(directory)
 
 
-def _build(native: Path, announce: Callable[[str], None]) -> Path:
+def _build(native: Path, announce: Callable[[str], None], dut: str = DUT) -> Path:
     from tickwire.hdl.build import regmap
     from tickwire.hdl.events import event_record_layout
     from tickwire.hdl.packet import packet_layout
     from .replay import _flatten, _top_ports, verilate
     from .runner import _duts, generate
-    verilog, _ = generate(DUT)
-    toplevel = _duts()[DUT].toplevel
+    verilog, _ = generate(dut)
+    toplevel = _duts()[dut].toplevel
     ports = _top_ports(verilog.read_text(), toplevel)
     wrapper, roles = card_wrapper(ports, toplevel)
     widths = {name: w for _, w, name in ports}
+    from tickwire.hdl.ouch import ouch_packet_layout
     layouts = {"inject": packet_layout(), "inbound": packet_layout(),
-               "events": event_record_layout}
+               "events": event_record_layout, "host_frame": packet_layout(),
+               "punt": packet_layout(), "host_data": ouch_packet_layout(),
+               "payload": ouch_packet_layout()}
     for role, layout in layouts.items():
         port = f"{ROLES[role][0]}__payload"
         if role in roles and widths[port] != layout.size:
             raise SimCardError(f"{port} is {widths[port]} bits, its layout {layout.size}")
-    doc = {"dut": DUT, "verilog": verilog.name, "roles": roles,
+    doc = {"dut": dut, "verilog": verilog.name, "roles": roles,
            "inject_fields": [dataclasses.asdict(f) for f in _flatten(layouts["inject"])],
+           "host_data_fields": [dataclasses.asdict(f) for f in _flatten(layouts["host_data"])],
            "regmap": regmap()}
     return verilate(native, "card", verilog, WRAPPER, wrapper, _SOURCES, EXECUTABLE, doc, announce)
 
@@ -231,9 +251,17 @@ def card_wrapper(ports: list[tuple[str, int, str]], module: str) -> tuple[str, l
            ("inbound_payload", "input", PAYLOAD_BITS, False),
            ("inbound_ready", "output", 1, False), ("events_valid", "output", 1, False),
            ("events_payload", "output", PAYLOAD_BITS, False), ("tx_data", "output", 64, False),
-           ("tx_ctrl", "output", 8, False)]
+           ("tx_ctrl", "output", 8, False),
+           ("order_data", "input", 64, True), ("order_ctrl", "input", 8, True),
+           ("host_data_valid", "input", 1, False), ("host_data_payload", "input", PAYLOAD_BITS, False),
+           ("host_data_ready", "output", 1, False),
+           ("host_frame_valid", "input", 1, False), ("host_frame_payload", "input", PAYLOAD_BITS, False),
+           ("host_frame_ready", "output", 1, False),
+           ("punt_valid", "output", 1, False), ("punt_payload", "output", PAYLOAD_BITS, False),
+           ("payload_valid", "output", 1, False), ("payload_payload", "output", PAYLOAD_BITS, False)]
     initial = {"rst": "1'b1", "feed_a_data": f"64'h{_XGMII_IDLE_WORD:x}", "feed_a_ctrl": "8'hff",
-               "feed_b_data": f"64'h{_XGMII_IDLE_WORD:x}", "feed_b_ctrl": "8'hff"}
+               "feed_b_data": f"64'h{_XGMII_IDLE_WORD:x}", "feed_b_ctrl": "8'hff",
+               "order_data": f"64'h{_XGMII_IDLE_WORD:x}", "order_ctrl": "8'hff"}
     lines = [f"// Generated by tickwire.sim.card: {module} as the card harness drives it.",
              f"module {WRAPPER}(clk, " + ", ".join(n for n, *_ in own) + ");", "  input clk;"]
     lines += [f"  {d} {decl(w)}{n};" for n, d, w, _ in own]
@@ -247,6 +275,9 @@ def card_wrapper(ports: list[tuple[str, int, str]], module: str) -> tuple[str, l
     outputs: dict[str, str] = {}
     constants = {"csr_r_data": "32'h0", "inject_ready": "1'b0", "inbound_ready": "1'b0",
                  "events_valid": "1'b0", "events_payload": f"{PAYLOAD_BITS}'h0",
+                 "host_data_ready": "1'b0", "host_frame_ready": "1'b0", "punt_valid": "1'b0",
+                 "punt_payload": f"{PAYLOAD_BITS}'h0", "payload_valid": "1'b0",
+                 "payload_payload": f"{PAYLOAD_BITS}'h0",
                  "tx_data": f"64'h{_XGMII_IDLE_WORD:x}",
                  "tx_ctrl": "8'hff"}
     for role in roles:
@@ -558,6 +589,12 @@ class CardServer:
                 self._frames.append((0, cycle, frame))
                 self._frames_ready.notify_all()
             self.events.order_frame(cycle, feed_cycle, frame)
+        elif kind in (_Harness.PUNT, _Harness.PAYLOAD):
+            cycle = int.from_bytes(body[:8], "little")
+            port = OUT_PORTS.index("host_frame" if kind == _Harness.PUNT else "payload")
+            with self._frames_ready:
+                self._frames.append((port, cycle, body[8:]))
+                self._frames_ready.notify_all()
         elif kind == _Harness.EVENT:
             self.events.record(body[8:8 + 32])
         elif kind == _Harness.IDLE:
@@ -575,9 +612,18 @@ class CardServer:
         from tickwire.protocols.net import fcs
         if port not in self.harness.roles:
             raise ValueError(f"the simulated appliance has no port {port!r}")
-        if port in ("feed_a", "feed_b"):
+        if port in ("feed_a", "feed_b", "order"):
             frame = data + fcs(data)
-            self.engine.request(_Harness.FEED, struct.pack("<BH", PORTS.index(port), 12) + frame)
+            line = {"feed_a": 0, "feed_b": 1, "order": 2}[port]
+            self.engine.request(_Harness.FEED, struct.pack("<BH", line, 12) + frame)
+        elif port == "host_frame":
+            beats = _inject_beats(data, self.harness.doc["inject_fields"])
+            self.engine.request(_Harness.HOST_FRAME, struct.pack("<H", len(beats)) + b"".join(beats))
+        elif port == "host_data":
+            if len(data) < 2:
+                raise ValueError("host_data: a session byte and a SoupBinTCP packet")
+            beats = _inject_beats(data[1:], self.harness.doc["host_data_fields"], session=data[0])
+            self.engine.request(_Harness.HOST_DATA, struct.pack("<H", len(beats)) + b"".join(beats))
         elif port == "inject":
             beats = _inject_beats(data, self.harness.doc["inject_fields"])
             self.engine.request(_Harness.INJECT, struct.pack("<H", len(beats)) + b"".join(beats))
@@ -624,7 +670,7 @@ class CardServer:
         self.events.close()
 
 
-def _inject_beats(datagram: bytes, fields: list[Mapping[str, Any]]) -> list[bytes]:
+def _inject_beats(datagram: bytes, fields: list[Mapping[str, Any]], **extra: int) -> list[bytes]:
     """A datagram as injection-port beats (``packet_layout``), each 32 bytes little-endian."""
     if not 1 <= len(datagram) <= 0xFFFF:
         raise ValueError(f"a datagram of {len(datagram)} bytes cannot be injected (1 to 65535)")
@@ -635,7 +681,7 @@ def _inject_beats(datagram: bytes, fields: list[Mapping[str, Any]]) -> list[byte
         last = start + 8 >= len(datagram)
         value = 0
         for name, v in (("data", int.from_bytes(chunk, "little")), ("nbytes", len(chunk)),
-                        ("last", int(last)), ("length", len(datagram))):
+                        ("last", int(last)), ("length", len(datagram)), *extra.items()):
             if name in f:
                 value |= (v & ((1 << f[name]["width"]) - 1)) << f[name]["offset"]
         out.append(value.to_bytes(PAYLOAD_BITS // 8, "little"))
@@ -748,12 +794,12 @@ def default_socket_path() -> str:
 
 
 def serve(socket_path: str | None = None, port: int | None = None, *, host: str = "127.0.0.1",
-          announce: Callable[[str], None] | None = None) -> int:
+          announce: Callable[[str], None] | None = None, transport: str = "udp") -> int:
     """``tickwire sim serve``: build the harness if needed, serve until SIGINT or SIGTERM."""
     say = announce or (lambda text: logger.info("%s", text))
     if socket_path is None and port is None:
         socket_path = default_socket_path()
-    harness = build_card_harness(announce=say)
+    harness = build_card_harness(announce=say, transport=transport)
     card = CardServer(harness, socket_path=socket_path, port=port, host=host)
 
     def stop(signum: int, frame: Any) -> None:
@@ -783,9 +829,12 @@ def add_commands(sim_commands: Any, parents: list) -> None:
                        help=f"Unix domain socket to listen on (default: {default_socket_path()})")
     where.add_argument("--port", metavar="PORT", type=int, default=None,
                        help="listen on 127.0.0.1 TCP port PORT instead (0: any free port)")
+    parser.add_argument("--transport", choices=tuple(TRANSPORT_DUTS), default="udp",
+                        help="how orders leave the card: tcp (the card's TCP engine, docs/tcp.md) "
+                             "or udp (a datagram per packet, relayed by the host); default udp")
 
     def run(args: Any) -> int:
         def say(text: str) -> None:
             print(f"tickwire: {text}", file=sys.stderr, flush=True)
-        return serve(args.socket, args.port, announce=say)
+        return serve(args.socket, args.port, announce=say, transport=args.transport)
     parser.set_defaults(handler=run)

@@ -41,11 +41,12 @@ class TB:
         indexed = {n: registers.pop(n) for n in list(registers) if n.endswith("]")}
         self.dut = dut
         start_clock(dut)
-        for line in ("feed_rx", "feed_rx_b"):
+        for line in ("feed_rx", "feed_rx_b", "order_rx"):
             getattr(dut, f"{line}__data").value = int.from_bytes(b"\x07" * 8, "little")
             getattr(dut, f"{line}__ctrl").value = 0xFF
-        dut.i_inject__valid.value = 0
-        dut.i_inject__payload.value = 0
+        for port in ("i_inject", "i_host_data", "i_host_frame"):
+            getattr(dut, f"{port}__valid").value = 0
+            getattr(dut, f"{port}__payload").value = 0
         self.source = XgmiiSource(dut.feed_rx__data, dut.feed_rx__ctrl, dut.clk, dut.rst)
         self.sink = XgmiiSink(dut.order_tx__data, dut.order_tx__ctrl, dut.clk, dut.rst)
         self.csr = CsrMaster(dut)

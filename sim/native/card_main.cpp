@@ -18,7 +18,8 @@
 //   requests (stdin)                          replies (stdout, kind 0x80 | op)
 //   1 READ    u32 addr                        u64 cycle, u32 value
 //   2 WRITE   u32 addr, u32 value             u64 cycle
-//   3 FEED    u8 line (0 A, 1 B), u16 gap,    u64 cycle (queued; sent while the clock runs)
+//   3 FEED    u8 line (0 A, 1 B, 2 the order  u64 cycle (queued; sent while the clock runs)
+//             port's receive side), u16 gap,
 //             frame bytes with FCS
 //   4 INJECT  u16 beats, beats x 32 bytes     u64 cycle (queued; i_inject, packet_layout)
 //   5 RUN     u64 cycles                      u64 cycle (after running them)
@@ -26,12 +27,16 @@
 //   7 RESET                                   u64 cycle
 //   8 QUIT                                    u64 cycle, then exit
 //   9 INBOUND u16 beats, beats x 32 bytes     u64 cycle (queued; i_inbound, packet_layout)
+//  10 HOST_DATA  u16 beats, beats x 32 bytes  u64 cycle (queued; i_host_data, with session)
+//  11 HOST_FRAME u16 beats, beats x 32 bytes  u64 cycle (queued; i_host_frame, packet_layout)
 //
 //   unsolicited (stdout)
 //   0x01 TX_FRAME  u64 start cycle, u64 start cycle of the last feed frame before it, bytes
 //                  (the frame as it left order_tx, FCS included; /S/, preamble and SFD removed)
 //   0x04 EVENT     u64 cycle, the 32-byte event record of an o_events beat
 //   0x03 IDLE      u64 cycle: the card has had nothing to do for SETTLE_CYCLES cycles
+//   0x05 PUNT      u64 cycle, a frame the TCP engine passed to the host (o_host_frame)
+//   0x06 PAYLOAD   u64 cycle, u8 session, in-order payload of one segment (o_payload)
 //   0x7F ERROR     text
 //
 // The clock runs in batches while there is work (frames or beats queued, frames leaving, or fewer than
@@ -67,8 +72,11 @@ constexpr uint64_t SETTLE_CYCLES = 2048;
 constexpr uint64_t IDLE_STEP = 16;
 constexpr uint64_t BATCH = 64;
 
-enum : uint8_t { READ = 1, WRITE, FEED, INJECT, RUN, SETTLE, RESET, QUIT, INBOUND };
-enum : uint8_t { TX_FRAME = 0x01, IDLE = 0x03, EVENT = 0x04, ERROR = 0x7F, REPLY = 0x80 };
+enum : uint8_t { READ = 1, WRITE, FEED, INJECT, RUN, SETTLE, RESET, QUIT, INBOUND, HOST_DATA, HOST_FRAME };
+enum : uint8_t { TX_FRAME = 0x01, IDLE = 0x03, EVENT = 0x04, PUNT = 0x05, PAYLOAD = 0x06, ERROR = 0x7F,
+                 REPLY = 0x80 };
+// The input streams, in the order of Card::streams.
+enum : int { S_INJECT, S_INBOUND, S_HOST_DATA, S_HOST_FRAME, STREAMS };
 
 using Beat = std::vector<uint32_t>;
 
@@ -124,10 +132,14 @@ public:
         top->feed_a_ctrl = 0xFF;
         top->feed_b_data = IDLE_WORD;
         top->feed_b_ctrl = 0xFF;
+        top->order_data = IDLE_WORD;
+        top->order_ctrl = 0xFF;
         top->csr_w_stb = 0;
         top->csr_r_stb = 0;
         top->inject_valid = 0;
         top->inbound_valid = 0;
+        top->host_data_valid = 0;
+        top->host_frame_valid = 0;
         top->eval();
     }
 
@@ -136,8 +148,12 @@ public:
     void tick() {
         top->clk = 0;
         top->eval();
-        const bool inject_fire = top->inject_valid && top->inject_ready;
-        const bool inbound_fire = top->inbound_valid && top->inbound_ready;
+        const bool fire[STREAMS] = {top->inject_valid && top->inject_ready,
+                                    top->inbound_valid && top->inbound_ready,
+                                    top->host_data_valid && top->host_data_ready,
+                                    top->host_frame_valid && top->host_frame_ready};
+        collect(top->punt_valid, top->punt_payload, punt, PUNT, false);
+        collect(top->payload_valid, top->payload_payload, payload, PAYLOAD, true);
         if (top->events_valid) {  // always ready: card_top ties o_events' ready to 1
             out.begin(EVENT);
             out.put<uint64_t>(cycles);
@@ -150,29 +166,30 @@ public:
         top->eval();
         ++cycles;
         ++quiet;
-        if (inject_fire) {
-            beats.pop_front();
-            quiet = 0;
-        }
-        if (inbound_fire) {
-            inbound.pop_front();
-            quiet = 0;
+        for (int i = 0; i < STREAMS; ++i) {
+            if (fire[i]) {
+                streams[i].pop_front();
+                quiet = 0;
+            }
         }
         present_beats();
         drive_line(line_a, top->feed_a_data, top->feed_a_ctrl);
         drive_line(line_b, top->feed_b_data, top->feed_b_ctrl);
+        drive_line(line_order, top->order_data, top->order_ctrl, false);
     }
 
     bool busy() const {
-        return !line_a.empty() || !line_b.empty() || !beats.empty() || !inbound.empty()
-               || in_frame || quiet < SETTLE_CYCLES;
+        bool queued = false;
+        for (const auto& q : streams) queued |= !q.empty();
+        return !line_a.empty() || !line_b.empty() || !line_order.empty() || queued || in_frame
+               || quiet < SETTLE_CYCLES;
     }
 
     void reset() {
         line_a.clear();
         line_b.clear();
-        beats.clear();
-        inbound.clear();
+        line_order.clear();
+        for (auto& q : streams) q.clear();
         present_beats();
         top->rst = 1;
         for (int i = 0; i < 8; ++i) tick();
@@ -203,7 +220,7 @@ public:
     }
 
     void queue_frame(int line, const uint8_t* frame, size_t length, uint64_t gap) {
-        std::deque<Word>& q = line ? line_b : line_a;
+        std::deque<Word>& q = line == 2 ? line_order : line ? line_b : line_a;
         lanes.clear();
         ctrls.clear();
         auto put = [&](uint8_t byte, bool ctrl) { lanes.push_back(byte); ctrls.push_back(ctrl); };
@@ -225,8 +242,8 @@ public:
         }
     }
 
-    void queue_beat(bool to_inbound, const uint32_t* words) {
-        (to_inbound ? inbound : beats).push_back(Beat(words, words + PAYLOAD_WORDS));
+    void queue_beat(int stream, const uint32_t* words) {
+        streams[stream].push_back(Beat(words, words + PAYLOAD_WORDS));
         present_beats();
     }
 
@@ -235,7 +252,7 @@ public:
     uint64_t quiet = 0;
 
 private:
-    void drive_line(std::deque<Word>& q, uint64_t& data, uint8_t& ctrl) {
+    void drive_line(std::deque<Word>& q, uint64_t& data, uint8_t& ctrl, bool feed = true) {
         if (q.empty()) {
             data = IDLE_WORD;
             ctrl = 0xFF;
@@ -244,18 +261,42 @@ private:
         const Word& w = q.front();
         data = w.data;
         ctrl = w.ctrl;
-        if (w.start) last_feed_start = cycles + 1;  // when card_top's register passes it on
+        if (w.start && feed) last_feed_start = cycles + 1;  // when card_top's register passes it on
         q.pop_front();
         quiet = 0;
     }
 
     void present_beats() {
-        top->inject_valid = !beats.empty();
-        if (!beats.empty())
-            for (int i = 0; i < PAYLOAD_WORDS; ++i) top->inject_payload[i] = beats.front()[i];
-        top->inbound_valid = !inbound.empty();
-        if (!inbound.empty())
-            for (int i = 0; i < PAYLOAD_WORDS; ++i) top->inbound_payload[i] = inbound.front()[i];
+        present(streams[S_INJECT], top->inject_valid, top->inject_payload);
+        present(streams[S_INBOUND], top->inbound_valid, top->inbound_payload);
+        present(streams[S_HOST_DATA], top->host_data_valid, top->host_data_payload);
+        present(streams[S_HOST_FRAME], top->host_frame_valid, top->host_frame_payload);
+    }
+
+    template <typename Port> void present(const std::deque<Beat>& q, uint8_t& valid, Port& port) {
+        valid = !q.empty();
+        if (!q.empty())
+            for (int i = 0; i < PAYLOAD_WORDS; ++i) port[i] = q.front()[i];
+    }
+
+    // An output packet stream (packet_layout, with ``session`` after ``length`` when
+    // ``with_session``): bytes gathered until ``last``, then one message.
+    template <typename Port>
+    void collect(uint8_t valid, const Port& port, std::vector<uint8_t>& bytes, uint8_t kind,
+                 bool with_session) {
+        if (!valid) return;
+        const uint64_t data = uint64_t(port[0]) | (uint64_t(port[1]) << 32);
+        const unsigned nbytes = port[2] & 0xF;
+        const bool last = (port[2] >> 4) & 1;
+        for (unsigned k = 0; k < nbytes && k < 8; ++k) bytes.push_back(uint8_t(data >> (8 * k)));
+        quiet = 0;
+        if (!last) return;
+        out.begin(kind);
+        out.put<uint64_t>(cycles);
+        if (with_session) out.put<uint8_t>(uint8_t(port[2] >> 21));
+        out.bytes(bytes.data(), bytes.size());
+        out.end();
+        bytes.clear();
     }
 
     // Frames leaving order_tx: /S/ in any lane, preamble, SFD, data until /T/.
@@ -299,9 +340,9 @@ private:
 
     std::unique_ptr<VerilatedContext> ctx;
     std::unique_ptr<Vdut> top;
-    std::deque<Word> line_a, line_b;
-    std::deque<Beat> beats, inbound;
-    std::vector<uint8_t> lanes, ctrls, frame;
+    std::deque<Word> line_a, line_b, line_order;
+    std::deque<Beat> streams[STREAMS];
+    std::vector<uint8_t> lanes, ctrls, frame, punt, payload;
     bool in_frame = false, in_preamble = false;
     uint64_t frame_start = 0, last_feed_start = 0;
 };
@@ -331,20 +372,23 @@ bool handle(Card& card, const uint8_t* p, const uint8_t* end) {
     case FEED: {
         const uint8_t line = take<uint8_t>(p, end);
         const uint16_t gap = take<uint16_t>(p, end);
-        if (line > 1) die("FEED: line must be 0 or 1");
+        if (line > 2) die("FEED: line must be 0, 1 or 2");
         card.queue_frame(line, p, size_t(end - p), gap ? gap : 12);
         card.quiet = 0;
         break;
     }
     case INJECT:
-    case INBOUND: {
+    case INBOUND:
+    case HOST_DATA:
+    case HOST_FRAME: {
         const uint16_t count = take<uint16_t>(p, end);
         if (size_t(end - p) != size_t(count) * PAYLOAD_WORDS * 4) die("INJECT: bad length");
         for (uint16_t i = 0; i < count; ++i) {
             uint32_t words[PAYLOAD_WORDS];
             std::memcpy(words, p, sizeof words);
             p += sizeof words;
-            card.queue_beat(op == INBOUND, words);
+            card.queue_beat(op == INJECT ? S_INJECT : op == INBOUND ? S_INBOUND
+                            : op == HOST_DATA ? S_HOST_DATA : S_HOST_FRAME, words);
         }
         card.quiet = 0;
         break;

@@ -676,8 +676,8 @@ class TcpEngine(wiring.Component):
         for stb, value, action_ in ((regs.retransmit_stb, regs.retransmit, "retransmit"),
                                     (regs.send_ack_stb, regs.send_ack, "ack"),
                                     (regs.probe_stb, regs.probe, "probe")):
-            with m.If(stb & (value < S)):
-                i = value[:max(1, (S - 1).bit_length())]
+            i = value[:max(1, (S - 1).bit_length())]
+            with m.If(stb & (value < S) & est[i]):
                 if action_ == "retransmit":
                     m.d.sync += [d_send[i].eq(d_una[i]), send_seq[i].eq(snd_una[i]), blocked[i].eq(0)]
                 elif action_ == "ack":

@@ -143,6 +143,22 @@ def stage_latencies(doc: Path = _REPO / "docs" / "architecture.md") -> list[tupl
     return rows
 
 
+def _measure_order_wire() -> dict[str, Any]:
+    from .order_wire import measure_order_to_wire
+    return measure_order_to_wire()
+
+
+def _section_order_wire(figures: dict[str, Any], lines: list[str]) -> None:
+    from ..hdl.top import CLOCK_HZ
+    cycles = figures["cycles"]
+    lines += ["## Order intent to the wire over TCP", "",
+              f"**{cycles} cycles ({cycles * 1e9 / CLOCK_HZ:.1f} ns at {CLOCK_HZ / 1e6:g} MHz)** from an "
+              f"order action taken by risk to the XGMII word with the /S/ of its TCP segment. Measured "
+              f"with the {figures['how']}. The OUCH packet is stored whole in the TCP engine's "
+              f"retransmit buffer before its segment starts, because the TCP checksum in the header "
+              f"covers it (docs/tcp.md).", ""]
+
+
 def _measure_journal() -> dict[str, Any]:
     from ..host.bench_journal import bench_journal
     return bench_journal().as_dict()
@@ -346,7 +362,8 @@ def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
              f"hashes the same (the date of each measurement is given).", ""]
     sections: list[tuple[str, Callable[[Any, list[str]], None]]] = [
         ("tick_to_trade", _section_tick_to_trade), ("replay", _section_replay),
-        ("stages", _section_stages), ("boards", _section_boards), ("book", _section_book),
+        ("stages", _section_stages), ("order_wire", _section_order_wire), ("boards", _section_boards),
+        ("book", _section_book),
         ("journal", _section_journal)]
     for key, write in sections:
         value = figures.get(key)
@@ -354,7 +371,8 @@ def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
         start = len(lines)
         if isinstance(value, dict) and "failed" in value:
             title = {"tick_to_trade": "Tick-to-trade", "replay": "Native replay speed",
-                     "stages": "Per-stage latency", "boards": "Boards", "book": "Order book",
+                     "stages": "Per-stage latency", "order_wire": "Order intent to the wire over TCP",
+                     "boards": "Boards", "book": "Order book",
                      "journal": "Host journal"}[key]
             lines += [f"## {title}", "", f"Not measured in this run: {value['failed']}", ""]
         elif value is not None:
@@ -444,6 +462,8 @@ def main(argv=None) -> int:
                     f"tick-to-trade, {t['orders']} orders, {t['messages']:,} messages, "
                     f"{t['per_datagram']} per datagram (Verilator)")
     _attempt("stages", figures, stage_latencies)
+    if _attempt("order_wire", figures, _measure_order_wire):
+        print(f"order intent -> TCP segment on XGMII: {figures['order_wire']['cycles']} cycles")
     if "boards" not in args.skip:
         from ..bitstreams.bench import appliance_figures
         from ..bitstreams.boards import BOARDS

@@ -210,7 +210,8 @@ class TcpCardModel:
             raise TcpModelError(f"register tcp.{name} is read-only")
         if name in COMMANDS:
             s = self._session(value)
-            getattr(self, f"_command_{name}")(s)
+            if s.established:          # commands act on established sessions only (docs/tcp.md)
+                getattr(self, f"_command_{name}")(s)
             self._service()
             return
         width = (CARD_WIDE.get(name) or PER_SESSION[name])[0]

@@ -10,15 +10,15 @@ from tickwire.hdl.order import order_layout
 from tickwire.hdl.top import OrderPath
 from tickwire.protocols.risk import RejectReason
 from tickwire.sim.model import cl_ord_id, order_values
+from tickwire.sim.order_wire import SESSION_LIMITS, SLOT_LIMITS, measure_order_to_wire
 from tickwire.sim.ouch_model import expected_packet
 
 #: Cycles from an order taken by risk to the first beat of its OUCH packet (OrderPath docstring).
 LATENCY = 4
-
-SLOT_LIMITS = {"symbol_enabled": 1, "max_order_quantity": 1000, "max_order_notional": 10**12,
-               "reference_price": 100_0000, "price_collar": 10_0000, "max_long_position": 10**6,
-               "max_short_position": 10**6, "max_open_orders": 1000}
-SESSION_LIMITS = {"max_open_notional": 10**15, "throttle_burst": 1000, "throttle_interval": 1}
+#: Cycles from an order taken by risk to the /S/ of its TCP segment on XGMII (docs/architecture.md):
+#: risk 2, queue 1, OUCH 1, the rest of the 7-beat packet 6 (stored whole: the TCP checksum covers
+#: it), TCP engine 4, MAC 1.
+WIRE_LATENCY = 15
 
 
 def order(n, **fields):
@@ -95,3 +95,9 @@ def test_latency_of_every_order_when_spaced():
     taken, first_beats, packets, _ = run(orders)
     # Back to back the encoder (7 beats a packet) is the limit; the first is measured alone above.
     assert len(packets) == 4 and all(b - t >= LATENCY for t, b in zip(taken, first_beats))
+
+
+def test_order_intent_to_the_first_byte_of_its_tcp_segment():
+    """Risk takes the order -> OUCH -> TCP engine -> MAC: /S/ of the segment on XGMII
+    (sim/order_wire.py, also run by ``make bench``)."""
+    assert measure_order_to_wire(order(1))["cycles"] == WIRE_LATENCY

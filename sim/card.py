@@ -521,8 +521,8 @@ class EventSource:
         from tickwire.protocols import events as ev
         fields = _order_fields(frame)
         if fields is None:
-            logger.warning("order port: frame at cycle %d is not an OUCH order: %s", cycle,
-                           frame.hex())
+            # ACKs, the host's SoupBinTCP packets and frames (TCP transport) are no orders
+            logger.debug("order port: frame at cycle %d is not an OUCH order", cycle)
             return
         user_ref_num = fields["user_ref_num"]
         if user_ref_num not in self._trigger_orders:
@@ -533,13 +533,30 @@ class EventSource:
                 "ingress_cycles": feed_cycle, "user_ref_num": user_ref_num}))
 
 
+def _order_payload(frame: bytes) -> bytes | None:
+    """The SoupBinTCP bytes an order-port frame carries (FCS at the end): a UDP datagram's
+    payload, a TCP segment's data (None for a segment without data or another frame)."""
+    from tickwire.protocols.net import (ETHERNET_HEADER_LENGTH, FCS_LENGTH, IP_PROTOCOL_TCP,
+                                        IP_PROTOCOL_UDP, TCP_PAYLOAD_OFFSET, UDP_PAYLOAD_OFFSET)
+    if len(frame) < ETHERNET_HEADER_LENGTH + 20 + FCS_LENGTH or frame[12:14] != b"\x08\x00":
+        return None
+    end = min(len(frame) - FCS_LENGTH, ETHERNET_HEADER_LENGTH + int.from_bytes(frame[16:18], "big"))
+    if frame[23] == IP_PROTOCOL_UDP:
+        return frame[UDP_PAYLOAD_OFFSET:end]
+    if frame[23] == IP_PROTOCOL_TCP and end > TCP_PAYLOAD_OFFSET:
+        return frame[TCP_PAYLOAD_OFFSET:end]
+    return None
+
+
 def _order_fields(frame: bytes) -> dict[str, int] | None:
-    """ORDER_SENT fields of an order frame (Ethernet/IPv4/UDP, SoupBinTCP Unsequenced Data, an
-    OUCH 5.0 inbound message, FCS), or None if it is not one."""
+    """ORDER_SENT fields of an order frame (Ethernet/IPv4/UDP or a TCP segment, SoupBinTCP
+    Unsequenced Data, an OUCH 5.0 inbound message, FCS), or None if it is not one."""
     from tickwire.protocols import ouch, soupbintcp
-    from tickwire.protocols.net import FCS_LENGTH, UDP_PAYLOAD_OFFSET
+    payload = _order_payload(frame)
+    if payload is None:
+        return None
     try:
-        packets, _ = soupbintcp.unframe(frame[UDP_PAYLOAD_OFFSET:len(frame) - FCS_LENGTH])
+        packets, _ = soupbintcp.unframe(payload)
         if not packets or packets[0][0] != "U":
             return None
         message = ouch.unpack_inbound(packets[0][1])

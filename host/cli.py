@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of ITCH messages in the feed (default: the demo's own)")
     demo.add_argument("--seed", metavar="N", type=_int, default=None,
                       help="random seed of the feed (default: the demo's own)")
+    demo.add_argument("--transport", choices=("auto", "tcp", "udp"), default="auto",
+                      help="tcp: after the measured pipeline run, the Verilated card trades with the "
+                           "exchange simulator over its TCP engine through TAP interfaces (needs root "
+                           "and /dev/net/tun); udp: the pipeline run only; auto: tcp where it can run "
+                           "(default)")
+    demo.add_argument("--seconds", metavar="S", type=float, default=6.0,
+                      help="trading time of the TCP part (default: %(default)s)")
     _add_clock_argument(demo)
     demo.set_defaults(handler=_cmd_demo)
 
@@ -205,8 +212,25 @@ def _cmd_regs(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     run_demo = _lazy("tickwire.sim.demo", "run_demo")
-    return run_demo(out_dir=args.out, messages=args.messages, seed=args.seed,
-                    clock_mhz=args.clock_mhz)
+    rc = run_demo(out_dir=args.out, messages=args.messages, seed=args.seed,
+                  clock_mhz=args.clock_mhz)
+    if args.transport == "udp":
+        return rc
+    tcp_demo = importlib.import_module("tickwire.sim.tcp_demo")
+    why = tcp_demo.unavailable()
+    if why:
+        if args.transport == "tcp":
+            raise TickwireError(f"the TCP demo cannot run here: {why}")
+        print(f"\n(the TCP part is skipped: {why}; run as root with /dev/net/tun for the card's "
+              f"TCP engine against the exchange simulator)")
+        return rc
+    if not 0 < args.seconds <= 600:
+        raise TickwireError(f"--seconds must be in (0, 600], not {args.seconds}")
+    print()
+    summary = tcp_demo.run_tcp_demo(seconds=args.seconds,
+                                    say=lambda text: print(f"tickwire: {text}", file=sys.stderr, flush=True))
+    print(tcp_demo.format_tcp_summary(summary))
+    return rc if summary["answers"] and summary["accepted"] else 1
 
 
 def _cmd_sim_build(args: argparse.Namespace) -> int:

@@ -585,6 +585,7 @@ class CardServer:
         self._frames: collections.deque = collections.deque(maxlen=self.MAX_FRAMES)
         self._frames_ready = threading.Condition()
         self._stop = threading.Event()
+        self._tap: Any = None
         if "events" not in harness.roles:
             logger.warning("the appliance has no o_events port: the card sends no events")
         self.engine = CardEngine(harness, self._on_message)
@@ -598,10 +599,36 @@ class CardServer:
             self.server = _TcpServer((host, port), handler)
             self.address = "%s:%d" % self.server.server_address[:2]
 
+    def attach_tap(self, tap: Any) -> None:
+        """Connect the order port to ``tap`` (a :class:`tickwire.sim.tap.Tap`): every frame the
+        card sends goes to it as well (FCS removed), every frame the kernel sends out of it
+        reaches the order port's receive side (padded to 60 bytes, FCS added), from a thread of
+        its own until :meth:`close`."""
+        if "order" not in self.harness.roles:
+            raise SimCardError("this appliance has no order_rx port: serve it with --transport tcp")
+        self._tap = tap
+
+        def pump() -> None:
+            while not self._stop.is_set():
+                try:
+                    if tap.wait(0.1):
+                        for frame in tap.read_frames():
+                            self.send("order", frame.ljust(60, b"\0"))
+                except (OSError, SimCardError, ValueError) as e:
+                    if not self._stop.is_set():
+                        logger.error("TAP %s: %s", tap.name, e)
+                    return
+        threading.Thread(target=pump, name=f"tap-{tap.name}", daemon=True).start()
+
     def _on_message(self, kind: int, body: bytes) -> None:
         if kind == _Harness.TX_FRAME:
             cycle, feed_cycle = struct.unpack_from("<QQ", body)
             frame = body[16:]
+            if self._tap is not None:
+                try:
+                    self._tap.write_frame(frame[:-4])
+                except OSError as e:
+                    logger.error("TAP %s: %s", self._tap.name, e)
             with self._frames_ready:
                 self._frames.append((0, cycle, frame))
                 self._frames_ready.notify_all()
@@ -685,6 +712,8 @@ class CardServer:
                 pass
         self.engine.close()
         self.events.close()
+        if self._tap is not None:
+            self._tap.close()
 
 
 def _inject_beats(datagram: bytes, fields: list[Mapping[str, Any]], **extra: int) -> list[bytes]:
@@ -811,13 +840,18 @@ def default_socket_path() -> str:
 
 
 def serve(socket_path: str | None = None, port: int | None = None, *, host: str = "127.0.0.1",
-          announce: Callable[[str], None] | None = None, transport: str = "udp") -> int:
+          announce: Callable[[str], None] | None = None, transport: str = "udp",
+          tap: str | None = None, netns: str | None = None) -> int:
     """``tickwire sim serve``: build the harness if needed, serve until SIGINT or SIGTERM."""
     say = announce or (lambda text: logger.info("%s", text))
     if socket_path is None and port is None:
         socket_path = default_socket_path()
     harness = build_card_harness(announce=say, transport=transport)
     card = CardServer(harness, socket_path=socket_path, port=port, host=host)
+    if tap is not None:
+        from .tap import Tap
+        card.attach_tap(Tap(tap, netns))
+        say(f"order port on TAP {tap}" + (f" in network namespace {netns}" if netns else ""))
 
     def stop(signum: int, frame: Any) -> None:
         card.shutdown()
@@ -850,8 +884,18 @@ def add_commands(sim_commands: Any, parents: list) -> None:
                         help="how orders leave the card: tcp (the card's TCP engine, docs/tcp.md) "
                              "or udp (a datagram per packet, relayed by the host); default udp")
 
+    parser.add_argument("--tap", metavar="NAME", default=None,
+                        help="with --transport tcp: connect the card's order port to a new TAP "
+                             "interface NAME (root, /dev/net/tun); the host's connection manager "
+                             "drives the card's TCP engine over the socket (docs/tcp.md)")
+    parser.add_argument("--netns", metavar="NS", default=None,
+                        help="create the TAP inside existing network namespace NS")
+
     def run(args: Any) -> int:
         def say(text: str) -> None:
             print(f"tickwire: {text}", file=sys.stderr, flush=True)
-        return serve(args.socket, args.port, announce=say, transport=args.transport)
+        if args.tap is not None and args.transport != "tcp":
+            raise SimCardError("--tap needs --transport tcp (the order port's receive side)")
+        return serve(args.socket, args.port, announce=say, transport=args.transport, tap=args.tap,
+                     netns=args.netns)
     parser.set_defaults(handler=run)

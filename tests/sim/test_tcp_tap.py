@@ -325,3 +325,64 @@ def test_the_cards_own_orders_leave_over_tcp(netns, tmp_path, tcp_card_server, c
             check_with_tcp_check(lab, pcap)
     finally:
         lab.close()
+
+
+def test_sim_serve_puts_the_order_port_on_a_tap(netns, tmp_path, tcp_card_server):
+    """``tickwire sim serve --transport tcp --tap NAME --netns NS``: the server itself bridges the
+    order port; the host drives the card over the socket alone (no bridge in this process)."""
+    from tickwire.host.card import Card
+    from tickwire.host.tcp_port import CardTcpPort
+    from tickwire.host.tcp_session import CardAddress, CardSoupBinSession, TcpCard
+    from tickwire.sim.tap import configure
+    from tickwire.sim.tcp_lab import CARD_IP, CARD_MAC, PEER, Config
+    path = str(tmp_path / "card.sock")
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "tickwire.host.cli", "sim", "serve", "--transport", "tcp",
+                               "--tap", "twsrv0", "--netns", netns, "--socket", path],
+                              stdout=log, stderr=subprocess.STDOUT)
+    peer = None
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path):
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.05)
+        configure(netns, "twsrv0", f"{PEER_IP}/24")
+        script = tmp_path / "peer.py"
+        script.write_text(PEER)
+        peer = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, str(script), str(PEER_PORT),
+                                 str(tmp_path / "peer"), "30", "0", "0", "0", "0"], stdout=subprocess.PIPE, text=True)
+        assert peer.stdout.readline().strip() == "listening"
+        card = Card.open({"driver": "sim", "socket": path, "timeout": 30})
+        port = CardTcpPort(card)
+        tcp = TcpCard(port, CardAddress.of(CARD_MAC, CARD_IP))
+        got = []
+        soup = CardSoupBinSession(tcp, Config(), lambda kind, s, value: got.append((kind, value)))
+
+        def run_until(condition, timeout):
+            end = time.monotonic() + timeout
+            while time.monotonic() < end and not condition():
+                tcp.service()
+                soup.service()
+                time.sleep(0.001)
+            return condition()
+        soup.start()
+        assert run_until(lambda: soup.logged_in, 10.0), got
+        orders = [soupbintcp.frame("U", ouch.pack_message(
+            ouch.INBOUND, "O", user_ref_num=n, side="B", quantity=100, symbol="AAPL", price=1_895_000,
+            time_in_force="0", display="Y", capacity="A", intermarket_sweep_eligibility="N", cross_type="N",
+            cl_ord_id=f"C{n}")) for n in range(1, 51)]
+        for packet in orders:
+            port.append(0, packet)
+        assert run_until(lambda: sum(k == "sequenced" for k, _ in got) == 50, 15.0), len(got)
+        soup.logout()
+        assert run_until(lambda: soup.done, 5.0)
+        peer.wait(5)
+        packets, _ = soupbintcp.unframe((tmp_path / "peer.1.in").read_bytes())
+        assert [soupbintcp.frame(k, p) for k, p in packets if k == "U"] == orders
+        card.close()
+    finally:
+        for p in (peer, server):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        log.close()

@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV = .venv
 
-.PHONY: demo test bench rdma clean distclean
+.PHONY: demo test bench rdma dpdk nettools clean distclean
 
 # The virtual environment with tickwire installed editable and the development tools; rebuilt when
 # pyproject.toml changes.
@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/tickwire demo
 
 # pytest exits with 5 when it collected no tests: that is a failure here, not a pass.
-test: $(VENV)/.installed
+test: $(VENV)/.installed dpdk nettools
 	@rc=0; $(VENV)/bin/python -m pytest -q --durations=30 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: error: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
@@ -42,6 +42,29 @@ rdma: $(VENV)/.installed
 	site=$$($(VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
 	ln -sfn /usr/lib/python3/dist-packages/pyverbs "$$site/pyverbs"; \
 	$(VENV)/bin/python -c "import pyverbs.device" && echo "make rdma: pyverbs importable from $(VENV)"
+
+# DPDK (Debian's dpdk and libdpdk-dev, 22.11) for the dpdk driver, installed with apt-get when
+# missing and running as root. Never fails: without it the dpdk tests skip and say why.
+dpdk:
+	@if pkg-config --exists libdpdk 2>/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make dpdk: DPDK is missing and this is not root with apt-get: the dpdk driver's tests skip" >&2; exit 0; fi; \
+	{ DEBIAN_FRONTEND=noninteractive apt-get install -y dpdk libdpdk-dev || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y dpdk libdpdk-dev; }; } >/dev/null 2>&1 \
+	  && echo "make dpdk: installed DPDK $$(pkg-config --modversion libdpdk)" \
+	  || echo "make dpdk: apt-get cannot install dpdk libdpdk-dev: the dpdk driver's tests skip" >&2
+
+# tcpdump and tshark for the TCP interop tests' capture checks (tests/sim/test_tcp_tap.py),
+# installed with apt-get when missing and running as root. Never fails: without them those checks
+# skip and say why.
+nettools:
+	@if command -v tcpdump >/dev/null 2>&1 && command -v tshark >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make nettools: tcpdump/tshark missing and this is not root with apt-get: capture checks skip" >&2; exit 0; fi; \
+	{ DEBIAN_FRONTEND=noninteractive apt-get install -y tcpdump tshark || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y tcpdump tshark; }; } >/dev/null 2>&1 \
+	  && echo "make nettools: installed tcpdump and tshark" \
+	  || echo "make nettools: apt-get cannot install tcpdump tshark: capture checks skip" >&2
 
 # The ECPIX-5 bitstream with the open flow (yosys, nextpnr-ecp5, ecppack from PyPI) into
 # build/boards/ecpix5, failing when timing is not met; and the KCU105 Vivado project. Slow: the

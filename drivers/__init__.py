@@ -9,7 +9,11 @@
 ``rdma``
     RDMA READ/WRITE over an RC queue pair (pyverbs) into the card's register window;
 ``rawpacket``
-    an AF_PACKET socket with a TPACKET_V3 receive ring, for the host's own packet I/O.
+    an AF_PACKET socket with a TPACKET_V3 receive ring, for the host's own packet I/O;
+``ethmgmt``
+    the card's management protocol (registers, events) over an AF_PACKET socket;
+``dpdk``
+    the management protocol and the host's packet I/O through DPDK poll-mode drivers.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ DRIVERS: Mapping[str, tuple[str, str]] = {
     "rdma": ("rdma", "RdmaDriver"),
     "rawpacket": ("rawpacket", "RawPacketDriver"),
     "ethmgmt": ("ethmgmt", "EthManagementDriver"),
+    "dpdk": ("dpdk", "DpdkDriver"),
 }
 
 

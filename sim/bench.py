@@ -351,6 +351,11 @@ def _section_journal(j: dict[str, Any], lines: list[str]) -> None:
               f"(`appender`, wall clock): {'met' if j['meets_goal'] else '**not met**'}.", ""]
 
 
+def _section_dpdk(f: dict[str, Any], lines: list[str]) -> None:
+    from .bench_dpdk import section
+    section(f, lines)
+
+
 def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
     """``docs/benchmarks.md`` from the figures ``main`` gathered (sections for what is missing
     say why)."""
@@ -364,7 +369,7 @@ def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
         ("tick_to_trade", _section_tick_to_trade), ("replay", _section_replay),
         ("stages", _section_stages), ("order_wire", _section_order_wire), ("boards", _section_boards),
         ("book", _section_book),
-        ("journal", _section_journal)]
+        ("journal", _section_journal), ("dpdk", _section_dpdk)]
     for key, write in sections:
         value = figures.get(key)
         reused = figures.get("reused", {}).get(key)
@@ -373,7 +378,7 @@ def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
             title = {"tick_to_trade": "Tick-to-trade", "replay": "Native replay speed",
                      "stages": "Per-stage latency", "order_wire": "Order intent to the wire over TCP",
                      "boards": "Boards", "book": "Order book",
-                     "journal": "Host journal"}[key]
+                     "journal": "Host journal", "dpdk": "DPDK versus rawpacket"}[key]
             lines += [f"## {title}", "", f"Not measured in this run: {value['failed']}", ""]
         elif value is not None:
             write(value, lines)
@@ -386,7 +391,7 @@ def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
 # -- the command -----------------------------------------------------------------------------------
 
 #: The parts ``--skip`` names.
-PARTS = ("tick_to_trade", "replay", "boards", "book", "journal")
+PARTS = ("tick_to_trade", "replay", "boards", "book", "journal", "dpdk")
 
 
 def _figures_file() -> Path:
@@ -429,7 +434,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", action="append", default=[], metavar="PART",
                         choices=PARTS,
                         help="do not measure a part (repeatable): tick_to_trade, replay, boards, "
-                             "book, journal; the report keeps its figures from the last run "
+                             "book, journal, dpdk; the report keeps its figures from the last run "
                              "(build/bench/figures.json), dated (default: none)")
     parser.add_argument("--doc", type=Path, default=DOC, metavar="FILE",
                         help="the report to write (default: docs/benchmarks.md)")
@@ -487,6 +492,10 @@ def main(argv=None) -> int:
             j = figures["journal"]
             print(f"journal: appender {_n(j['appender_records_per_second'])} records/s, "
                   f"append_many {_n(j['append_many_records_per_second'])} records/s (wall clock)")
+    if "dpdk" not in args.skip:
+        from .bench_dpdk import measure as measure_dpdk, print_figures as print_dpdk
+        if _attempt("dpdk", figures, measure_dpdk):
+            print_dpdk(figures["dpdk"])
     saved = _figures_file()
     previous = json.loads(saved.read_text()) if saved.exists() else {}
     for part in args.skip:

@@ -12,7 +12,7 @@ def test_every_listed_driver_is_a_driver():
     for name in ("sim", "pcie", "rawpacket"):
         cls = driver_class(name)
         assert issubclass(cls, Driver) and cls.name == name
-    assert set(DRIVERS) == {"sim", "pcie", "rdma", "rawpacket", "ethmgmt"}
+    assert set(DRIVERS) == {"sim", "pcie", "rdma", "rawpacket", "ethmgmt", "dpdk"}
 
 
 def test_errors_are_tickwire_errors():
@@ -21,8 +21,8 @@ def test_errors_are_tickwire_errors():
 
 
 @pytest.mark.parametrize("config, error, message", [
-    ({"driver": "dpdk"}, DriverUnavailable, "no driver 'dpdk' \\(drivers: sim, pcie, rdma, "
-                                            "rawpacket, ethmgmt\\)"),
+    ({"driver": "ef_vi"}, DriverUnavailable, "no driver 'ef_vi' \\(drivers: sim, pcie, rdma, "
+                                             "rawpacket, ethmgmt, dpdk\\)"),
     ({}, DriverError, "no 'driver' key"),
     ("sim", DriverError, "must be a mapping"),
     ({"driver": "pcie", "resource": "/nonexistent/resource0"}, DriverUnavailable,

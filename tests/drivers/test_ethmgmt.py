@@ -1,6 +1,7 @@
 """ethmgmt driver on a veth pair inside a network namespace the test creates and removes: against
-the Amaranth simulation of bitstreams/management.py's ManagementPort on a register bank, and
-against a Python responder that misbehaves on purpose (late and stray replies, silence)."""
+the Amaranth simulation of hdl/management.py's ManagementPort on a register bank, and against a
+Python responder that misbehaves on purpose (late and stray replies, lost replies, silence, event
+frames with a gap)."""
 
 import os
 import shutil
@@ -22,8 +23,10 @@ from tickwire.hdl.csr import MAGIC, REGMAP_VERSION, WINDOW_WORDS, CsrBank, Regis
 from tickwire.hdl.top import Identity
 from tickwire.host.regmap import Registers, RegisterMap, check_identity
 from tickwire.protocols.layout import LayoutError
-from tickwire.protocols.management import (MANAGEMENT_ETHERTYPE, READ, ManagementRequest,
-                                           decode_request, encode_reply)
+from tickwire.protocols import events as ev
+from tickwire.protocols.management import (DUPLICATE, MANAGEMENT_ETHERTYPE, READ, WRITE,
+                                           ManagementRequest, decode_request, encode_events,
+                                           encode_reply)
 from tickwire.protocols.net import MIN_FRAME_LENGTH
 from tickwire.sim.netns import inside
 
@@ -150,6 +153,7 @@ def test_reads_and_writes_the_simulated_card(veth):
         second = host.read(2) | host.read(3) << 32
         assert 0 < first < second
         assert host.requests == 2 + 2 * len(values) + 4 and host.stale_replies == 0
+        assert host.client.retries == 0
 
 
 def test_register_map_identity_over_the_driver(veth):
@@ -161,7 +165,7 @@ def test_register_map_identity_over_the_driver(veth):
 
 class Responder:
     """A Python stand-in for the card on ``twc`` that answers with ``answer(request)`` -> list of
-    (request, value) replies to send (empty: stay silent)."""
+    (request, value) or (request, value, status) replies to send (empty: stay silent)."""
 
     def __init__(self, netns, answer):
         with inside(netns):
@@ -177,9 +181,10 @@ class Responder:
                     _, source, request = decode_request(frame.data)
                 except LayoutError:
                     continue
-                for reply, value in self.answer(request):
+                self.host = source
+                for reply, value, *status in self.answer(request):
                     self.link.send_frame("twc", encode_reply(reply, value, destination=source,
-                                                             source=CARD_MAC))
+                                                             source=CARD_MAC, status=status[0] if status else 0))
 
     def __enter__(self):
         self.thread.start()
@@ -207,20 +212,67 @@ def test_timeout_and_errors(veth):
         return [] if request.opcode == READ else [(request, request.data ^ 1)]
     with Responder(veth, silent_on_reads), open_host(veth, timeout=0.3) as host:
         start = time.monotonic()
-        with pytest.raises(CardTimeout, match=r"no reply from card 02:74:77:69:72:01 on twh to read of word 0x0005"):
+        with pytest.raises(CardTimeout, match=r"ethmgmt twh: no reply from card 02:74:77:69:72:01 "
+                                              r"to read of word 0x0005 \(sequence \d+, \d+ copies"):
             host.read(5)
         assert 0.3 <= time.monotonic() - start < 2
+        assert host.client.retries >= 3
         with pytest.raises(DriverError, match="card echoed 0x00000006 for the write of 0x00000007"):
             host.write(5, 7)
         with pytest.raises(DriverError, match="beyond the management protocol's 16-bit address"):
             host.read(0x10000)
         with pytest.raises(DriverError, match="is not a 32-bit word"):
             host.write(1, 1 << 32)
-        with pytest.raises(DriverError, match="does not offer card events"):
-            host.events()
+        with pytest.raises(DriverError, match="does not offer sending frames"):
+            host.send_frame("twh", bytes(60))
     with pytest.raises(DriverError, match="card_mac must be the card's unicast address"):
         open_host(veth, card_mac="01:00:5e:00:00:01")
+    with pytest.raises(DriverError, match="retry_interval must be 0 < seconds <= 60, not 0"):
+        open_host(veth, retry_interval=0)
     with pytest.raises(DriverError, match="MAC address must look like"):
         open_host(veth, card_mac="card")
     with pytest.raises(DriverError, match="no network interface 'nosuch0'"), inside(veth):
         EthManagementDriver("nosuch0", CARD_MAC)
+
+
+def test_lost_replies_are_retried_with_the_same_sequence(veth):
+    """The responder loses the first reply to every request (the card applied it): the driver
+    sends the same request again and takes the card's cached answer."""
+    seen = []
+    store = {}
+
+    def answer(request):
+        seen.append(request)
+        if seen.count(request) == 1:
+            if request.opcode == WRITE:
+                store[request.address] = request.data
+            return []          # applied, reply lost
+        return [(request, store.get(request.address, 0) if request.opcode == READ
+                 else request.data, DUPLICATE)]
+    with Responder(veth, answer), open_host(veth, timeout=2, retry_interval=0.02) as host:
+        host.write(9, 0xABCD)
+        assert host.read(9) == 0xABCD
+        assert host.client.retries == 2 and host.client.duplicates == 2
+    sequences = [r.sequence for r in seen]
+    assert sequences[0] == sequences[1] and sequences[2] == sequences[3] == (sequences[0] + 1) % 65536
+
+
+def test_event_frames_in_order_and_a_lost_one_counted(veth):
+    records = [ev.pack(ev.Event(ev.EventType.GAP, 100 + k, k,
+                                fields={"sequence_number": k, "message_count": 1}))
+               for k in range(10)]
+
+    with Responder(veth, lambda request: [(request, 1)]) as responder, \
+            open_host(veth, timeout=2) as host:
+        host.read(0)                                     # the card learns where events go
+        frames = [(0, records[0:3]), (1, records[3:4]), (3, records[6:10])]   # frame 2 is lost
+        for sequence, chunk in frames:
+            responder.link.send_frame("twc", encode_events(sequence, chunk, destination=responder.host,
+                                                           source=CARD_MAC))
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < 8 and time.monotonic() < deadline:
+            got += host.events(timeout=0.5)
+        assert [e.sequence for e in got] == [0, 1, 2, 3, 6, 7, 8, 9]
+        assert got[4] == ev.unpack(records[6])
+        assert host.client.event_frames == 3 and host.client.event_frames_lost == 1

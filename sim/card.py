@@ -38,6 +38,7 @@ start with an op byte; replies with a status byte (0 ok, 1 error: a UTF-8 messag
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -52,7 +53,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 __all__ = ["CardHarness", "build_card_harness", "CardEngine", "CardServer", "serve",
            "EventSource", "default_socket_path", "PROTOCOL_VERSION", "PORTS", "OUT_PORTS",
@@ -829,6 +830,46 @@ def _handler(card: CardServer) -> type[socketserver.BaseRequestHandler]:
                 return struct.pack("<QB", engine.cycles, settled[0])
             raise ValueError(f"unknown request {op}")
     return Handler
+
+
+@contextlib.contextmanager
+def served(folder: Path, *, transport: str = "udp", options: tuple[str, ...] = (),
+           timeout: float = 600.0) -> Iterator[str]:
+    """``tickwire sim serve --transport T --socket folder/card.sock *options`` in a process of its
+    own (its output in ``folder/serve.log``, a file: a pipe nobody reads would fill and stall it);
+    yields the socket path once it is listening, stops the process (SIGTERM) afterwards. Raises
+    :class:`SimCardError` when it does not start within ``timeout`` seconds (long enough for a
+    harness build)."""
+    import subprocess
+    import sys
+    folder = Path(folder)
+    path = folder / "card.sock"
+    log_path = folder / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tickwire.host.cli", "sim", "serve", "--transport",
+                                 transport, "--socket", str(path), *options],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while not path.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SimCardError(f"tickwire sim serve did not start: {log_path.read_text()}")
+                time.sleep(0.05)
+            yield str(path)
+        finally:
+            stop_process(proc)
+
+
+def stop_process(proc: Any, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for it."""
+    import subprocess
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def default_socket_path() -> str:

@@ -109,3 +109,18 @@ DEFAULT_INDEXED: dict[str, int] = {
     "risk.throttle_burst[0]": 1000,
     "risk.last_user_ref_num[0]": 0,
 }
+
+
+def apply_defaults(card) -> None:
+    """Write the default configuration into ``card`` (a :class:`tickwire.host.card.Card`): every
+    writable plain register of :data:`DEFAULT_REGISTERS` the card's map has (not the ``*_submit``
+    strobes: a write of any value is an action), then :data:`DEFAULT_INDEXED`."""
+    for name, value in DEFAULT_REGISTERS.items():
+        if name.endswith("_submit") or name not in card.regmap:
+            continue
+        register = card.regmap[name]
+        if register.writable and not register.indexed_by:
+            card.write(name, value)
+    for key, value in DEFAULT_INDEXED.items():
+        name, _, index = key.rstrip("]").partition("[")
+        card.write(name, value, index=int(index))

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from ..protocols import ouch
 from ..protocols.net import int_to_ip, int_to_mac
-from .defaults import CARD_MAC, DEFAULT_INDEXED, DEFAULT_REGISTERS, FEED_GROUP, FEED_PORT
+from .defaults import CARD_MAC, FEED_GROUP, FEED_PORT, apply_defaults
 
 __all__ = ["unavailable", "run_tcp_demo", "format_tcp_summary", "TcpDemoError"]
 
@@ -88,7 +88,7 @@ def run_tcp_demo(*, seconds: float = 6.0, host_orders: int = 4,
     from ..host.positions import Positions
     from ..host.tcp_port import CardTcpPort
     from ..host.tcp_session import CardAddress, CardSoupBinSession, TcpCard
-    from .card import CardServer, build_card_harness
+    from .card import CardServer, build_card_harness, stop_process
     from .tap import Tap, TapBridge, configure
 
     harness = build_card_harness(announce=say, transport="tcp")
@@ -103,15 +103,7 @@ def run_tcp_demo(*, seconds: float = 6.0, host_orders: int = 4,
     _ip("netns", "add", netns)
     try:
         card = Card.open({"driver": "sim", "socket": str(work / "card.sock"), "timeout": 30})
-        for name, value in DEFAULT_REGISTERS.items():
-            if name.endswith("_submit") or name not in card.regmap:
-                continue
-            register = card.regmap[name]
-            if register.writable and not register.indexed_by:
-                card.write(name, value)
-        for key, value in DEFAULT_INDEXED.items():
-            name, _, index = key.rstrip("]").partition("[")
-            card.write(name, value, index=int(index))
+        apply_defaults(card)
         card.events(timeout=0.1)
 
         order_tap, feed_tap = Tap(ORDER_TAP, netns), Tap(FEED_TAP, netns)
@@ -255,12 +247,7 @@ def run_tcp_demo(*, seconds: float = 6.0, host_orders: int = 4,
         return summary
     finally:
         for p in processes:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_process(p, 5)
         for t in taps:
             t.close()
         if card is not None:

@@ -243,13 +243,9 @@ class Lab:
         return [v for k, v in self.events if k == "sequenced"]
 
     def close(self) -> None:
+        from .card import stop_process
         for p in self.processes:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_process(p, 5)
         self.tap.close()
         self.backend.close()
 

@@ -31,40 +31,17 @@ SESSION = DEFAULT_FEED["session"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tickwire.sim.card import build_card_harness
+    from tickwire.sim.card import build_card_harness, served
     build_card_harness(announce=lambda text: print(text, file=sys.stderr))  # once, up front
-    path = str(tmp_path_factory.mktemp("sim") / "card.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "tickwire.host.cli", "sim", "serve",
-                             "--socket", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # Bounded; long enough for one more build should the gateware change meanwhile.
-    deadline = time.monotonic() + 600
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"tickwire sim serve did not start: {proc.stderr.read().decode()}")
-        time.sleep(0.05)
-    yield path, proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail("tickwire sim serve did not stop on SIGTERM")
+    with served(tmp_path_factory.mktemp("sim")) as path:
+        yield path, None
 
 
 @pytest.fixture(scope="module")
 def card(server):
     path, _ = server
     card = Card.open({"driver": "sim", "socket": path, "timeout": 30})
-    for name, value in DEFAULT_REGISTERS.items():
-        if name.endswith("_submit"):
-            continue  # a write of any value queues a host order / exposure update
-        if name in card.regmap and card.regmap[name].writable and not card.regmap[name].indexed_by:
-            card.write(name, value)
-    for key, value in getattr(defaults, "DEFAULT_INDEXED", {}).items():  # "stage.name[index]"
-        name, _, index = key.rstrip("]").partition("[")
-        card.write(name, value, index=int(index))
+    defaults.apply_defaults(card)
     card.driver.settle()
     card.events(timeout=0.2)
     yield card

@@ -42,37 +42,16 @@ NETNS = f"twbridge{os.getpid()}"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tickwire.sim.card import build_card_harness
+    from tickwire.sim.card import build_card_harness, served
     build_card_harness(announce=lambda text: print(text, file=sys.stderr))
-    path = str(tmp_path_factory.mktemp("sim") / "card.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "tickwire.host.cli", "sim", "serve",
-                             "--socket", path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 600
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"tickwire sim serve did not start: {proc.stderr.read().decode()}")
-        time.sleep(0.05)
-    card = Card.open({"driver": "sim", "socket": path, "timeout": 30})
-    try:
-        for name, value in DEFAULT_REGISTERS.items():
-            if name.endswith("_submit"):
-                continue
-            if name in card.regmap and card.regmap[name].writable and not card.regmap[name].indexed_by:
-                card.write(name, value)
-        for key, value in getattr(defaults, "DEFAULT_INDEXED", {}).items():
-            name, _, index = key.rstrip("]").partition("[")
-            card.write(name, value, index=int(index))
-        card.driver.settle()
-    finally:
-        card.close()
-    yield path
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with served(tmp_path_factory.mktemp("sim")) as path:
+        card = Card.open({"driver": "sim", "socket": path, "timeout": 30})
+        try:
+            defaults.apply_defaults(card)
+            card.driver.settle()
+        finally:
+            card.close()
+        yield path
 
 
 @pytest.fixture(scope="module")

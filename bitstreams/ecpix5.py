@@ -105,6 +105,17 @@ def add_clocks(m: Module, platform, core_divider: int):
     return lock, reset_button
 
 
+def add_ethernet(m, platform, lock, tx_sources: tuple[str, str]) -> RgmiiMac:
+    """The board's RGMII port and its MAC (``tx_sources`` name the two transmit inputs); the PHY
+    leaves reset once the clocks run (``lock``), MDIO stays idle (the PHY's strapping applies)."""
+    eth = platform.request("eth_rgmii", 0, dir={
+        "rx_clk": "-", "rx_ctrl": "-", "rx_data": "-", "tx_clk": "-", "tx_ctrl": "-",
+        "tx_data": "-"})
+    mac = m.submodules.rgmii = RgmiiMac(eth, tx_sources=tx_sources)
+    m.d.comb += [eth.rst.o.eq(~lock), eth.mdc.o.eq(0), eth.mdio.oe.eq(0)]
+    return mac
+
+
 def _check_core_divider(core_divider: int) -> None:
     if not 2 <= core_divider <= 128:
         raise ValueError(f"core_divider must be 2..128, not {core_divider!r}")
@@ -145,12 +156,7 @@ class Ecpix5Top(Elaboratable):
         lock, reset_button = add_clocks(m, platform, self.core_divider)
 
         # -- Ethernet ---------------------------------------------------------------------------
-        eth = platform.request("eth_rgmii", 0, dir={
-            "rx_clk": "-", "rx_ctrl": "-", "rx_data": "-", "tx_clk": "-", "tx_ctrl": "-",
-            "tx_data": "-"})
-        mac = m.submodules.rgmii = RgmiiMac(eth, tx_sources=("order", "management"))
-        # The PHY leaves reset once the clocks run; MDIO stays idle (the PHY's strapping applies).
-        m.d.comb += [eth.rst.o.eq(~lock), eth.mdc.o.eq(0), eth.mdio.oe.eq(0)]
+        mac = add_ethernet(m, platform, lock, ("order", "management"))
 
         from ..hdl.top import Appliance
         from .management import ManagementPort
@@ -197,11 +203,7 @@ class Ecpix5Loopback(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         lock, reset_button = add_clocks(m, platform, self.core_divider)
-        eth = platform.request("eth_rgmii", 0, dir={
-            "rx_clk": "-", "rx_ctrl": "-", "rx_data": "-", "tx_clk": "-", "tx_ctrl": "-",
-            "tx_data": "-"})
-        mac = m.submodules.rgmii = RgmiiMac(eth, tx_sources=("echo", "unused"))
-        m.d.comb += [eth.rst.o.eq(~lock), eth.mdc.o.eq(0), eth.mdio.oe.eq(0)]
+        mac = add_ethernet(m, platform, lock, ("echo", "unused"))
         rx = m.submodules.mac_rx = MacRx(buffer_words=512)
         tx = m.submodules.mac_tx = MacTx()
         wiring.connect(m, mac.xgmii_rx, rx.xgmii)

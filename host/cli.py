@@ -95,11 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of ITCH messages in the feed (default: the demo's own)")
     demo.add_argument("--seed", metavar="N", type=_int, default=None,
                       help="random seed of the feed (default: the demo's own)")
-    demo.add_argument("--transport", choices=("auto", "tcp", "udp"), default="auto",
+    demo.add_argument("--transport", metavar="MODE", choices=("auto", "tcp", "udp"), default="auto",
                       help="tcp: after the measured pipeline run, the Verilated card trades with the "
                            "exchange simulator over its TCP engine through TAP interfaces (needs root "
                            "and /dev/net/tun); udp: the pipeline run only; auto: tcp where it can run "
-                           "(default)")
+                           "(default: %(default)s)")
     demo.add_argument("--seconds", metavar="S", type=float, default=6.0,
                       help="trading time of the TCP part (default: %(default)s)")
     _add_clock_argument(demo)

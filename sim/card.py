@@ -921,9 +921,9 @@ def add_commands(sim_commands: Any, parents: list) -> None:
                        help=f"Unix domain socket to listen on (default: {default_socket_path()})")
     where.add_argument("--port", metavar="PORT", type=int, default=None,
                        help="listen on 127.0.0.1 TCP port PORT instead (0: any free port)")
-    parser.add_argument("--transport", choices=tuple(TRANSPORT_DUTS), default="udp",
+    parser.add_argument("--transport", metavar="KIND", choices=tuple(TRANSPORT_DUTS), default="udp",
                         help="how orders leave the card: tcp (the card's TCP engine, docs/tcp.md) "
-                             "or udp (a datagram per packet, relayed by the host); default udp")
+                             "or udp (a datagram per packet, relayed by the host) (default: %(default)s)")
 
     parser.add_argument("--tap", metavar="NAME", default=None,
                         help="with --transport tcp: connect the card's order port to a new TAP "

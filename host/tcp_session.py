@@ -23,12 +23,11 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from tickwire.protocols import soupbintcp
 from tickwire.protocols.net import (ARP, ARP_HARDWARE_ETHERNET, ARP_REPLY, ARP_REQUEST, BROADCAST_MAC,
                                     ETHERNET, ETHERNET_HEADER_LENGTH, ETHERTYPE_ARP, ETHERTYPE_IPV4,
-                                    IP_PROTOCOL_TCP, IPV4, IPV4_FLAG_DONT_FRAGMENT, IPV4_HEADER_LENGTH,
-                                    IPV4_TIME_TO_LIVE, IPV4_VERSION_IHL, TCP, TCP_ACK, TCP_DEFAULT_MSS,
+                                    IP_PROTOCOL_TCP, IPV4, IPV4_HEADER_LENGTH, TCP, TCP_ACK, TCP_DEFAULT_MSS,
                                     TCP_FIN, TCP_HEADER_LENGTH, TCP_HEADER_OFFSET, TCP_OPTION_END,
                                     TCP_OPTION_MSS, TCP_OPTION_MSS_LENGTH, TCP_OPTION_NOP, TCP_PSH,
                                     TCP_RST, TCP_SYN, int_to_ip, int_to_mac, ip_to_int, ipv4_checksum,
-                                    mac_to_int, tcp_checksum)
+                                    mac_to_int, tcp_checksum, tcp_frame)
 
 from .errors import TickwireError
 
@@ -165,22 +164,10 @@ def build_segment(*, source_mac: int, destination_mac: int, source_ip: int, dest
     options = b""
     if mss is not None:
         options = bytes((TCP_OPTION_MSS, TCP_OPTION_MSS_LENGTH)) + mss.to_bytes(2, "big")
-    tcp_length = TCP_HEADER_LENGTH + len(options) + len(payload)
-    ip = bytearray(IPV4.pack(
-        version_ihl=IPV4_VERSION_IHL, total_length=IPV4_HEADER_LENGTH + tcp_length,
-        identification=identification & 0xFFFF, flags_fragment_offset=IPV4_FLAG_DONT_FRAGMENT,
-        time_to_live=IPV4_TIME_TO_LIVE, protocol=IP_PROTOCOL_TCP, source_address=source_ip,
-        destination_address=destination_ip))
-    at = IPV4["header_checksum"].offset
-    ip[at:at + 2] = ipv4_checksum(bytes(ip)).to_bytes(2, "big")
-    segment = bytearray(TCP.pack(
-        source_port=source_port, destination_port=destination_port, sequence_number=seq & MASK32,
-        acknowledgment_number=ack & MASK32, data_offset=(5 + len(options) // 4) << 4, flags=flags,
-        window=window) + options + payload)
-    at = TCP["checksum"].offset
-    segment[at:at + 2] = tcp_checksum(source_ip, destination_ip, bytes(segment)).to_bytes(2, "big")
-    return ETHERNET.pack(destination_address=destination_mac, source_address=source_mac,
-                         ethertype=ETHERTYPE_IPV4) + bytes(ip) + bytes(segment)
+    return tcp_frame(source_mac=source_mac, destination_mac=destination_mac, source_ip=source_ip,
+                     destination_ip=destination_ip, source_port=source_port,
+                     destination_port=destination_port, seq=seq, ack=ack, flags=flags, window=window,
+                     identification=identification, payload=payload, options=options)
 
 
 def _arp_frame(*, operation: int, sender_mac: int, sender_ip: int, target_mac: int, target_ip: int,

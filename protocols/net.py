@@ -165,3 +165,28 @@ TCP_OPTION_END, TCP_OPTION_NOP, TCP_OPTION_MSS = 0, 1, 2
 TCP_OPTION_MSS_LENGTH = 4
 #: The MSS a receiver assumes when the SYN carries no MSS option (RFC 9293 3.7.1).
 TCP_DEFAULT_MSS = 536
+
+
+def tcp_frame(*, source_mac: int, destination_mac: int, source_ip: int, destination_ip: int,
+              source_port: int, destination_port: int, seq: int, ack: int, flags: int, window: int,
+              identification: int = 0, payload: bytes = b"", options: bytes = b"") -> bytes:
+    """An Ethernet II / IPv4 / TCP frame (no FCS): IPv4 without options, DF, TTL 64, both
+    checksums; ``options`` (a multiple of 4 bytes) follow the TCP header."""
+    if len(options) % 4:
+        raise ValueError(f"TCP options must be a multiple of 4 bytes, not {len(options)}")
+    tcp_length = TCP_HEADER_LENGTH + len(options) + len(payload)
+    ip = bytearray(IPV4.pack(
+        version_ihl=IPV4_VERSION_IHL, total_length=IPV4_HEADER_LENGTH + tcp_length,
+        identification=identification & 0xFFFF, flags_fragment_offset=IPV4_FLAG_DONT_FRAGMENT,
+        time_to_live=IPV4_TIME_TO_LIVE, protocol=IP_PROTOCOL_TCP, source_address=source_ip,
+        destination_address=destination_ip))
+    at = IPV4["header_checksum"].offset
+    ip[at:at + 2] = ipv4_checksum(bytes(ip)).to_bytes(2, "big")
+    segment = bytearray(TCP.pack(
+        source_port=source_port, destination_port=destination_port, sequence_number=seq & 0xFFFFFFFF,
+        acknowledgment_number=ack & 0xFFFFFFFF, data_offset=(5 + len(options) // 4) << 4, flags=flags,
+        window=window) + bytes(options) + bytes(payload))
+    at = TCP["checksum"].offset
+    segment[at:at + 2] = tcp_checksum(source_ip, destination_ip, bytes(segment)).to_bytes(2, "big")
+    return ETHERNET.pack(destination_address=destination_mac, source_address=source_mac,
+                         ethertype=ETHERTYPE_IPV4) + bytes(ip) + bytes(segment)

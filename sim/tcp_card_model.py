@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from tickwire.protocols.net import (ETHERNET, ETHERNET_HEADER_LENGTH, ETHERTYPE_IPV4, IP_PROTOCOL_TCP,
-                                    IPV4, IPV4_FLAG_DONT_FRAGMENT, IPV4_FLAG_MORE_FRAGMENTS,
-                                    IPV4_FRAGMENT_OFFSET_MASK, IPV4_HEADER_LENGTH, IPV4_TIME_TO_LIVE,
-                                    IPV4_VERSION_IHL, TCP, TCP_ACK, TCP_DATA_OFFSET_NO_OPTIONS,
+                                    IPV4, IPV4_FLAG_MORE_FRAGMENTS,
+                                    IPV4_FRAGMENT_OFFSET_MASK, IPV4_HEADER_LENGTH, IPV4_VERSION_IHL, TCP, TCP_ACK, TCP_DATA_OFFSET_NO_OPTIONS,
                                     TCP_HEADER_LENGTH, TCP_HEADER_OFFSET, TCP_PSH, ipv4_checksum,
-                                    tcp_checksum)
+                                    tcp_checksum, tcp_frame)
 
 __all__ = ["TcpCardModel", "ModelCardPort", "TcpModelError", "REGISTERS", "COUNTERS", "COMMANDS",
            "PER_SESSION", "CARD_WIDE", "segment_frame"]
@@ -115,6 +114,12 @@ class _Session:
         self.ack_pending = False
 
 
+def packet_words(length: int) -> int:
+    """Retransmit-buffer words a packet of ``length`` bytes takes: it is stored from byte lane 6,
+    where a segment's payload starts in its seventh word (docs/tcp.md)."""
+    return (length + 6 + WORD_BYTES - 1) // WORD_BYTES
+
+
 def segment_frame(*, local_mac: int, peer_mac: int, local_ip: int, peer_ip: int, local_port: int,
                   peer_port: int, seq: int, ack: int, flags: int, window: int, identification: int,
                   payload: bytes = b"", options: bytes = b"") -> bytes:
@@ -122,25 +127,10 @@ def segment_frame(*, local_mac: int, peer_mac: int, local_ip: int, peer_ip: int,
     options, DF, TTL 64, both checksums; ``options`` (a multiple of 4 bytes) only for the host's SYN."""
     if len(options) % 4:
         raise TcpModelError(f"TCP options must be a multiple of 4 bytes, not {len(options)}")
-    tcp_length = TCP_HEADER_LENGTH + len(options) + len(payload)
-    ip = bytearray(IPV4.pack(
-        version_ihl=IPV4_VERSION_IHL, total_length=IPV4_HEADER_LENGTH + tcp_length,
-        identification=identification & 0xFFFF, flags_fragment_offset=IPV4_FLAG_DONT_FRAGMENT,
-        time_to_live=IPV4_TIME_TO_LIVE, protocol=IP_PROTOCOL_TCP, source_address=local_ip,
-        destination_address=peer_ip))
-    at = IPV4["header_checksum"].offset
-    ip[at:at + 2] = ipv4_checksum(bytes(ip)).to_bytes(2, "big")
-    header = bytearray(TCP.pack(
-        source_port=local_port, destination_port=peer_port, sequence_number=seq & MASK32,
-        acknowledgment_number=ack & MASK32,
-        data_offset=(5 + len(options) // 4) << 4, flags=flags, window=window))
-    segment = bytes(header) + options + payload
-    checksum = tcp_checksum(local_ip, peer_ip, segment)
-    offset = TCP["checksum"].offset
-    segment = segment[:offset] + checksum.to_bytes(2, "big") + segment[offset + 2:]
-    ethernet = ETHERNET.pack(destination_address=peer_mac, source_address=local_mac,
-                             ethertype=ETHERTYPE_IPV4)
-    return ethernet + bytes(ip) + segment
+    return tcp_frame(source_mac=local_mac, destination_mac=peer_mac, source_ip=local_ip,
+                     destination_ip=peer_ip, source_port=local_port, destination_port=peer_port,
+                     seq=seq, ack=ack, flags=flags, window=window, identification=identification,
+                     payload=payload, options=options)
 
 
 class TcpCardModel:
@@ -382,7 +372,7 @@ class TcpCardModel:
                 return taken
             index, packet = self._waiting[source][0]
             s = self._sessions[index]
-            words = -(-len(packet) // WORD_BYTES)
+            words = packet_words(len(packet))
             if not s.established:
                 self._count("tx_closed_drops")
                 logger.debug("session %d: dropped a %d-byte packet (not established)", index, len(packet))

@@ -406,6 +406,9 @@ _phase = st.one_of(
 @example(phases=[("send", [(0, 1, True), (0, 1, False)])], window=65535)
 @example(phases=[("send", [(0, 70, False), (1, 9, True), (0, 80, False)]), ("peer", 10, 100, False),
                  ("command", "retransmit"), ("junk", "ahead"), ("peer", 0, 4000, True)], window=120)
+@example(phases=[("junk", "bad"), ("command", "probe"), ("send", [(0, 57, False), (0, 72, False), (1, 18, True)]),
+                 ("peer", 30, 3340, True), ("command", "send_ack"),
+                 ("send", [(0, 24, False), (0, 61, False), (1, 37, True), (1, 1, True)])], window=65535)
 def test_engine_matches_the_model_frame_for_frame(phases, window):
     """Phases of inputs (packets from the gateware and the host, peer segments that acknowledge
     and carry data, commands, frames the card must not take), each run until the engine is quiet:

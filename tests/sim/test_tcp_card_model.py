@@ -301,12 +301,12 @@ def test_full_descriptor_queue_stalls_the_input_in_order():
 
 
 def test_full_buffer_stalls_and_words_are_counted():
-    m = card(buffer_words=4, window=0)          # 32 bytes
+    m = card(buffer_words=5, window=0)          # packets are stored from byte lane 6
     m.append(0, b"a" * 9)                       # 2 words
-    m.append(0, b"b" * 16)                      # 2 words
+    m.append(0, b"b" * 16)                      # 3 words
     m.append(0, b"c")                           # 1 word: does not fit
     assert m.waiting() == 1 and m.read("queued") == 25
-    m.append(0, b"d" * 33, source="host")       # longer than the whole buffer: dropped, not stuck
+    m.append(0, b"d" * 40, source="host")       # 6 words, more than the whole buffer: dropped, not stuck
     m.rx(peer(IRS, ISS, window=100))
     m.rx(peer(IRS, ISS + 9, window=100))
     assert [bytes(f[TCP].payload)[:1] for f in sent(m)] == [b"a", b"b", b"c"]

@@ -1070,9 +1070,7 @@ class CardSoupBinSession:
         elif packet_type == "H":
             pass
         elif packet_type == "A":
-            fields = soupbintcp.SERVER["A"].unpack(payload)
-            self.soup_session = str(fields["session"]).strip()
-            self.next_sequence = int(str(fields["sequence_number"]).strip() or "1")
+            self.soup_session, self.next_sequence = soupbintcp.login_accepted(payload)
             self.logins += 1
             self._logged_in = True
             self._pause = self.BACKOFF[0]

@@ -53,3 +53,10 @@ def unframe(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
         packets.append((chr(data[pos + 2]), bytes(data[pos + 3:pos + 2 + length])))
         pos += 2 + length
     return packets, bytes(data[pos:])
+
+
+def login_accepted(payload: bytes) -> tuple[str, int]:
+    """The session name and the sequence number of the next Sequenced Data packet of a Login
+    Accepted packet's ``payload`` (a blank number means 1)."""
+    fields = SERVER["A"].unpack(payload)
+    return str(fields["session"]).strip(), int(str(fields["sequence_number"]).strip() or "1")

@@ -15,10 +15,7 @@ from .csr import Register, registers_signature
 from .ouch import ouch_packet_layout
 from .packet import packet_layout
 
-__all__ = ["TcpEngine", "payload_layout"]
-
-#: In-order payload leaving the engine: a packet stream beat with the session it arrived on.
-payload_layout = ouch_packet_layout
+__all__ = ["TcpEngine"]
 
 #: Header bytes in front of a segment's payload (Ethernet, IPv4 and TCP, no options).
 _HEADER = TCP_PAYLOAD_OFFSET                      # 54

@@ -7,8 +7,11 @@ and ``payload`` (session byte, then the bytes) frames."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from typing import Any
+
+from tickwire.protocols.net import FCS_LENGTH
 
 from .card import Card
 from .errors import TickwireError
@@ -61,6 +64,16 @@ class CardTcpPort:
         if not packet:
             raise TcpPortError("an empty packet cannot be appended")
         self.driver.send_frame("host_data", bytes([session]) + bytes(packet))
+
+    def order_frames(self) -> list[Any]:
+        """The order port's frames :meth:`poll` kept (oldest first, emptied), without their FCS:
+        what a wire (or a TAP) carries."""
+        out = []
+        while self.other_frames:
+            frame = self.other_frames.popleft()
+            if frame.port == "order":
+                out.append(dataclasses.replace(frame, data=frame.data[:-FCS_LENGTH]))
+        return out
 
     def poll(self) -> tuple[list[bytes], list[tuple[int, bytes]]]:
         punted: list[bytes] = []

@@ -534,14 +534,16 @@ class EventSource:
                 "ingress_cycles": feed_cycle, "user_ref_num": user_ref_num}))
 
 
-def _order_payload(frame: bytes) -> bytes | None:
-    """The SoupBinTCP bytes an order-port frame carries (FCS at the end): a UDP datagram's
-    payload, a TCP segment's data (None for a segment without data or another frame)."""
+def _order_payload(frame: bytes, fcs: bool = True) -> bytes | None:
+    """The SoupBinTCP bytes an order-port frame carries (FCS at the end unless ``fcs`` is
+    False): a UDP datagram's payload, a TCP segment's data (None for a segment without data or
+    another frame)."""
     from tickwire.protocols.net import (ETHERNET_HEADER_LENGTH, FCS_LENGTH, IP_PROTOCOL_TCP,
                                         IP_PROTOCOL_UDP, TCP_PAYLOAD_OFFSET, UDP_PAYLOAD_OFFSET)
-    if len(frame) < ETHERNET_HEADER_LENGTH + 20 + FCS_LENGTH or frame[12:14] != b"\x08\x00":
+    trailer = FCS_LENGTH if fcs else 0
+    if len(frame) < ETHERNET_HEADER_LENGTH + 20 + trailer or frame[12:14] != b"\x08\x00":
         return None
-    end = min(len(frame) - FCS_LENGTH, ETHERNET_HEADER_LENGTH + int.from_bytes(frame[16:18], "big"))
+    end = min(len(frame) - trailer, ETHERNET_HEADER_LENGTH + int.from_bytes(frame[16:18], "big"))
     if frame[23] == IP_PROTOCOL_UDP:
         return frame[UDP_PAYLOAD_OFFSET:end]
     if frame[23] == IP_PROTOCOL_TCP and end > TCP_PAYLOAD_OFFSET:
@@ -549,11 +551,12 @@ def _order_payload(frame: bytes) -> bytes | None:
     return None
 
 
-def _order_fields(frame: bytes) -> dict[str, int] | None:
+def _order_fields(frame: bytes, fcs: bool = True) -> dict[str, int] | None:
     """ORDER_SENT fields of an order frame (Ethernet/IPv4/UDP or a TCP segment, SoupBinTCP
-    Unsequenced Data, an OUCH 5.0 inbound message, FCS), or None if it is not one."""
+    Unsequenced Data, an OUCH 5.0 inbound message, FCS unless ``fcs`` is False), or None if it
+    is not one."""
     from tickwire.protocols import ouch, soupbintcp
-    payload = _order_payload(frame)
+    payload = _order_payload(frame, fcs)
     if payload is None:
         return None
     try:

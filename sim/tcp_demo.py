@@ -88,7 +88,7 @@ def run_tcp_demo(*, seconds: float = 6.0, host_orders: int = 4,
     from ..host.positions import Positions
     from ..host.tcp_port import CardTcpPort
     from ..host.tcp_session import CardAddress, CardSoupBinSession, TcpCard
-    from .card import CardServer, build_card_harness, stop_process
+    from .card import CardServer, _order_fields, build_card_harness, stop_process
     from .tap import Tap, TapBridge, configure
 
     harness = build_card_harness(announce=say, transport="tcp")
@@ -119,13 +119,12 @@ def run_tcp_demo(*, seconds: float = 6.0, host_orders: int = 4,
         wire_cycle: dict[int, int] = {}      # UserRefNum -> cycle its Enter Order's segment started
 
         def order_frames() -> list[bytes]:
-            out = []
-            while port.other_frames:
-                frame = port.other_frames.popleft()
-                if frame.port == "order":
-                    out.append(frame.data[:-4])
-                    _note_orders(frame.data[:-4], frame.timestamp, wire_cycle)
-            return out
+            frames = port.order_frames()
+            for frame in frames:
+                fields = _order_fields(frame.data, fcs=False)     # one packet a segment
+                if fields is not None and fields["action"] == ord("O"):
+                    wire_cycle.setdefault(fields["user_ref_num"], frame.timestamp)
+            return [frame.data for frame in frames]
 
         # A TAP hands over frames as the kernel built them; on a wire they are padded to 60 bytes.
         bridge = TapBridge(order_tap, to_card=lambda f: card.driver.send_frame("order", f.ljust(60, b"\0")),
@@ -255,22 +254,6 @@ def run_tcp_demo(*, seconds: float = 6.0, host_orders: int = 4,
         server.shutdown()
         _ip("netns", "del", netns, check=False)
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _note_orders(frame: bytes, cycle: int, seen: dict[int, int]) -> None:
-    """Record the cycle of the first segment carrying each Enter Order (by UserRefNum)."""
-    from ..protocols import soupbintcp
-    from ..protocols.net import IP_PROTOCOL_TCP, TCP_PAYLOAD_OFFSET
-    if len(frame) <= TCP_PAYLOAD_OFFSET or frame[12:14] != b"\x08\x00" or frame[23] != IP_PROTOCOL_TCP:
-        return
-    total = int.from_bytes(frame[16:18], "big")
-    try:
-        packets, _ = soupbintcp.unframe(frame[TCP_PAYLOAD_OFFSET:14 + total])
-    except Exception:
-        return
-    for kind, payload in packets:
-        if kind == "U" and payload[:1] == b"O":
-            seen.setdefault(ouch.unpack_inbound(payload)["user_ref_num"], cycle)
 
 
 def format_tcp_summary(summary: dict[str, Any]) -> str:

@@ -307,12 +307,7 @@ class SimCardBackend:
         self.card.driver.send_frame("host_data", bytes([session]) + bytes(packet))
 
     def from_card(self) -> list[bytes]:
-        out = []
-        while self.port.other_frames:
-            frame = self.port.other_frames.popleft()
-            if frame.port == "order":
-                out.append(frame.data[:-4])           # the FCS stays on the card's side
-        return out
+        return [frame.data for frame in self.port.order_frames()]
 
     def ready(self) -> bool:
         return True

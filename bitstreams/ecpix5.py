@@ -20,7 +20,11 @@ __all__ = ["Ecpix5Top", "Ecpix5Loopback", "add_clocks", "PLL_VCO_HZ", "core_cloc
 #: The ECP5-85F has 83,640 LUT4: with the defaults' tables it synthesized to 64 % of them and did
 #: not route in 45 minutes. So the book tracks 8 symbols (the symbol directory's minimum), 1,024
 #: live orders in 2 ways, 2 price levels per side; 1 order session, 2 trigger rules, a 4-order
-#: queue, and the smallest feed buffer ``MacRx`` takes (512 words: two maximum frames).
+#: queue, and the smallest feed buffer ``MacRx`` takes (512 words: two maximum frames). The one
+#: port carries one feed line (no line B) and the orders as UDP datagrams the host relays (no
+#: TCP engine); with one line and no retransmission injection one open gap is kept (4 gaps of
+#: 64-bit sequence ranges were a fifth of the logic): the full build with the defaults did not
+#: route (docs/boards.md).
 #: docs/boards.md lists it; docs/benchmarks.md has what it measured.
 ECPIX5_APPLIANCE: dict[str, Any] = {
     "book": {"slots": 8, "capacity": 1024, "ways": 2, "depth": 2},
@@ -28,6 +32,9 @@ ECPIX5_APPLIANCE: dict[str, Any] = {
     "rules": 2,
     "order_queue_depth": 4,
     "rx_buffer_words": 512,
+    "feed_lines": 1,
+    "tcp_engine": False,
+    "max_open_gaps": 1,
 }
 #: CLKOS divider of the 750 MHz VCO for the core clock (``sync``): 38 -> 19.74 MHz, the slowest
 #: divider above the 19.53 MHz (1.25 x 15.625 MHz) the core needs to keep up with 1 GbE. With
@@ -131,7 +138,8 @@ class Ecpix5Top(Elaboratable):
     PHY's RXC (125 MHz); ``sync``, the appliance's core clock, is PLL CLKOS at
     750 MHz / ``core_divider``. Async FIFOs in ``RgmiiMac`` cross between them. The one Ethernet
     port carries the feed in, the orders out, and the register access of ``ManagementPort``.
-    Feed line B is held idle and the host injection port is unused.
+    Feed line B (when the configuration has it) is held idle and the host injection port is
+    unused.
 
     Parameters
     ----------
@@ -162,8 +170,9 @@ class Ecpix5Top(Elaboratable):
         from .management import ManagementPort
         appliance = m.submodules.appliance = Appliance(**self.appliance_kwargs)
         wiring.connect(m, mac.xgmii_rx, appliance.feed_rx)
-        m.d.comb += [appliance.feed_rx_b.data.eq(IDLE_WORD), appliance.feed_rx_b.ctrl.eq(0xFF),
-                     appliance.i_inject.valid.eq(0)]
+        if "feed_rx_b" in appliance.signature.members:
+            m.d.comb += [appliance.feed_rx_b.data.eq(IDLE_WORD), appliance.feed_rx_b.ctrl.eq(0xFF)]
+        m.d.comb += appliance.i_inject.valid.eq(0)
         wiring.connect(m, appliance.order_tx, mac.order)
 
         # -- management: its own MacRx / MacTx on the same port ---------------------------------

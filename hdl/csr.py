@@ -190,13 +190,34 @@ class CsrBank(wiring.Component):
                             lo = (w - 1) * WORD_BITS
                             hi = min(r.width - WORD_BITS, lo + WORD_BITS)
                             read_cases.append((base + w, shadow[lo:hi]))
+        # The read multiplexer in two levels: on ``r_stb`` each stage registers the word its window
+        # holds at the address (and the bank which stage was asked), so every stage's registers
+        # meet in a 64-way multiplexer next to that stage; ``r_data`` then picks one of the
+        # registered stage words. Still one cycle of latency, and only one 32-bit bus per stage
+        # (not every register bit of the card) crosses the chip to the host's bus.
+        window_bits = (WINDOW_WORDS - 1).bit_length()
+        stage_words = []
+        for index, (stage, _) in enumerate(self._stages):
+            word = Signal(WORD_BITS, name=f"{stage}__read_word")
+            cases = [(addr - index * WINDOW_WORDS, value) for addr, value in read_cases
+                     if addr // WINDOW_WORDS == index]
+            with m.If(bus.r_stb):
+                with m.Switch(bus.addr[:window_bits]):
+                    for offset, value in cases:
+                        with m.Case(offset):
+                            m.d.sync += word.eq(value)
+                    with m.Default():
+                        m.d.sync += word.eq(0)
+            stage_words.append(word)
+        read_stage = Signal(self._addr_width - window_bits, name="read_stage")
         with m.If(bus.r_stb):
-            with m.Switch(bus.addr):
-                for addr, value in read_cases:
-                    with m.Case(addr):
-                        m.d.sync += bus.r_data.eq(value)
-                with m.Default():
-                    m.d.sync += bus.r_data.eq(0)
+            m.d.sync += read_stage.eq(bus.addr[window_bits:])
+        with m.Switch(read_stage):
+            for index, word in enumerate(stage_words):
+                with m.Case(index):
+                    m.d.comb += bus.r_data.eq(word)
+            with m.Default():
+                m.d.comb += bus.r_data.eq(0)
         return m
 
 

@@ -8,7 +8,7 @@ from .arbiter import PacketArbiter
 from .csr import CsrBank, CsrBusSignature
 from .itch import ItchDecoder, record_layout
 from .mac import MacRx, XgmiiSignature
-from .moldudp64 import MoldUdp64, gap_layout
+from .moldudp64 import MAX_OPEN_GAPS, MoldUdp64, gap_layout
 from .net import NetRx
 from .packet import packet_layout
 
@@ -37,13 +37,18 @@ class MarketDataPath(wiring.Component):
     ----------
     rx_buffer_words : int
         Store-and-forward buffer of each feed MAC (64-bit words).
+    lines : int
+        Feed lines: 2 (A and B), or 1 (line A only: no ``feed_rx_b``, no line-B MAC and filter;
+        a board with one Ethernet port).
+    max_open_gaps : int
+        Gaps the MoldUDP64 sequencer keeps open for filling (:class:`MoldUdp64`).
 
     Members
     -------
     feed_rx : In(XgmiiSignature)
         Feed line A.
     feed_rx_b : In(XgmiiSignature)
-        Feed line B (idle characters when unused).
+        Feed line B (idle characters when unused); only with ``lines=2``.
     i_inject : In(stream.Signature(packet_layout()))
         MoldUDP64 datagrams from the host, each a packet (``length``: its byte count).
     o_records : Out(stream.Signature(record_layout))
@@ -56,19 +61,23 @@ class MarketDataPath(wiring.Component):
     The sum of the stages' (docs/architecture.md); the arbiter adds none.
     """
 
-    def __init__(self, *, rx_buffer_words: int = 512):
+    def __init__(self, *, rx_buffer_words: int = 512, lines: int = 2, max_open_gaps: int = MAX_OPEN_GAPS):
+        if lines not in (1, 2):
+            raise ValueError(f"lines must be 1 or 2, not {lines!r}")
         self.rx_buffer_words = rx_buffer_words
+        self.lines = lines
         self.mac_rx = MacRx(buffer_words=rx_buffer_words)
         self.net_rx = NetRx()
-        self.mac_rx_b = MacRx(buffer_words=rx_buffer_words)
-        self.net_rx_b = NetRx()
+        self.mac_rx_b = MacRx(buffer_words=rx_buffer_words) if lines == 2 else None
+        self.net_rx_b = NetRx() if lines == 2 else None
         self.arbiter = PacketArbiter(n_inputs=len(ARBITER_INPUTS))
-        self.moldudp64 = MoldUdp64()
+        self.moldudp64 = MoldUdp64(max_open_gaps=max_open_gaps)
         self.itch = ItchDecoder()
-        self.stages = {name: getattr(self, name) for name in MARKET_DATA_STAGES}
+        self.stages = {name: getattr(self, name) for name in MARKET_DATA_STAGES
+                       if getattr(self, name) is not None}
         super().__init__({
             "feed_rx": In(XgmiiSignature()),
-            "feed_rx_b": In(XgmiiSignature()),
+            **({"feed_rx_b": In(XgmiiSignature())} if lines == 2 else {}),
             "i_inject": In(stream.Signature(packet_layout())),
             "o_records": Out(stream.Signature(record_layout)),
             "o_gap": Out(stream.Signature(gap_layout, always_ready=True)),
@@ -83,9 +92,12 @@ class MarketDataPath(wiring.Component):
         connect(m, wiring.flipped(self.feed_rx), self.mac_rx.xgmii)
         connect(m, self.mac_rx.o_stream, self.net_rx.i_stream)
         connect(m, self.net_rx.o_stream, inputs["feed_a"])
-        connect(m, wiring.flipped(self.feed_rx_b), self.mac_rx_b.xgmii)
-        connect(m, self.mac_rx_b.o_stream, self.net_rx_b.i_stream)
-        connect(m, self.net_rx_b.o_stream, inputs["feed_b"])
+        if self.lines == 2:
+            connect(m, wiring.flipped(self.feed_rx_b), self.mac_rx_b.xgmii)
+            connect(m, self.mac_rx_b.o_stream, self.net_rx_b.i_stream)
+            connect(m, self.net_rx_b.o_stream, inputs["feed_b"])
+        else:
+            m.d.comb += inputs["feed_b"].valid.eq(0)
         connect(m, wiring.flipped(self.i_inject), inputs["inject"])
         connect(m, self.arbiter.o_stream, self.moldudp64.i_stream)
         connect(m, self.moldudp64.o_stream, self.itch.i_stream)

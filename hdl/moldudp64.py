@@ -42,11 +42,12 @@ _LEN_HI, _LEN_LO, _BODY, _SKIP = range(4)
 class MoldUdp64(wiring.Component):
     """Splits MoldUDP64 datagrams into sequenced messages; drops duplicates, reports and fills gaps.
 
-    The 20-byte header is at fixed lanes (the payload arrives aligned to lane 0); message blocks
-    are framed by a chain of eight per-lane steps, so a block may start and end in any lane and
-    a word may finish one message and start the next. A block shorter than the shortest ITCH
-    message is malformed (it and the rest of the datagram are dropped), which also bounds the
-    messages finished per word to one.
+    The 20-byte header is at fixed lanes (the payload arrives aligned to lane 0); a block may
+    start and end in any lane and a word may finish one message and start the next. A block
+    shorter than the shortest ITCH message is malformed (it and the rest of the datagram are
+    dropped), which also bounds the messages finished per word to one: so each word is framed
+    from its start state at once (where the running block ends, where the next length field
+    and body start), with byte rotations into the message buffer, not a lane-by-lane chain.
 
     Live data never waits for a gap: the message past the gap is delivered at once, the gap is
     reported on ``o_gap`` and kept open (up to ``max_open_gaps``, oldest abandoned first); a
@@ -199,68 +200,132 @@ class MoldUdp64(wiring.Component):
         exp_after = Signal(64)
         m.d.comb += exp_after.eq(Mux(new_session, h_seq, expected))
 
-        # -- lane chain ------------------------------------------------------------------------
+        # -- framing: one word at a time, without a lane-by-lane chain ---------------------------
+        # The active lanes of a word are [lo, hi). A block is at least ``min_message_length`` (7 or
+        # more) bytes, so a word finishes at most one message: the word starts in the current
+        # message's body (or its length field), the message may end at lane ``e``, and then the
+        # next block's length field and first body bytes follow. Every position below is
+        # computed from the word's start state directly (no lane depends on the lane before).
+        MIN = self.min_message_length
         start_phase = Signal(2)
         m.d.comb += start_phase.eq(phase)
         with m.If(header_now):
             m.d.comb += start_phase.eq(Mux((h_count == 0) | (h_count == mold.END_OF_SESSION_COUNT),
                                            _SKIP, _LEN_HI))
-        st_phase, st_idx, st_blen, st_seen = start_phase, idx, blen, Mux(header_now, 0, seen)
-        st_done = Const(0, 1)
-        st_bad = Const(0, 1)
+        seen0 = Mux(header_now, 0, seen)
         cnt = Mux(header_now, h_count, count)
-        lanes = []
-        for k in range(8):
-            active = Signal(name=f"lane{k}_active")
-            m.d.comb += active.eq((k < i.payload.nbytes) & (word >= 2) & ((word != 2) | (k >= 4)))
-            b = byte_lane(d, k)
-            n_phase = Signal(2, name=f"lane{k}_phase")
-            n_idx = Signal(16, name=f"lane{k}_idx")
-            n_blen = Signal(16, name=f"lane{k}_blen")
-            n_seen = Signal(16, name=f"lane{k}_seen")
-            n_done = Signal(name=f"lane{k}_done")
-            n_bad = Signal(name=f"lane{k}_bad")
-            we = Signal(name=f"lane{k}_we")
-            complete = Signal(name=f"lane{k}_complete")
-            m.d.comb += [n_phase.eq(st_phase), n_idx.eq(st_idx), n_blen.eq(st_blen),
-                         n_seen.eq(st_seen), n_done.eq(st_done), n_bad.eq(st_bad)]
-            with m.If(active):
-                with m.Switch(st_phase):
-                    with m.Case(_LEN_HI):
-                        m.d.comb += [n_blen.eq(Cat(Const(0, 8), b)), n_phase.eq(_LEN_LO)]
-                    with m.Case(_LEN_LO):
-                        length = Cat(b, st_blen[8:])
-                        m.d.comb += [n_blen.eq(length), n_idx.eq(0)]
-                        with m.If(length < self.min_message_length):
-                            m.d.comb += [n_phase.eq(_SKIP), n_bad.eq(1)]
-                        with m.Else():
-                            m.d.comb += n_phase.eq(_BODY)
-                    with m.Case(_BODY):
-                        m.d.comb += [we.eq(1), n_idx.eq(st_idx + 1)]
-                        with m.If(st_idx + 1 == st_blen):
-                            m.d.comb += [complete.eq(1), n_done.eq(1), n_seen.eq(st_seen + 1),
-                                         n_phase.eq(Mux(st_seen + 1 == cnt, _SKIP, _LEN_HI))]
-            lanes.append((b, we, st_idx, st_done, complete, st_blen))
-            st_phase, st_idx, st_blen, st_seen, st_done, st_bad = n_phase, n_idx, n_blen, n_seen, n_done, n_bad
+        lane = [byte_lane(d, k) for k in range(8)]
 
-        completed = st_done
-        m.d.comb += delivering.eq(completed & ((cur_seq >= expected) | fills.any()))
+        def lane_at(index):
+            """The byte in lane ``index`` (a signal, 0..7)."""
+            sel = Signal(8, name="lane_sel")
+            with m.Switch(index[:3]):
+                for k in range(8):
+                    with m.Case(k):
+                        m.d.comb += sel.eq(lane[k])
+            return sel
+
+        lo = Signal(4)
+        hi = Signal(4)
+        m.d.comb += [lo.eq(Mux(word == 2, 4, 0)), hi.eq(Mux(word >= 2, i.payload.nbytes, 0))]
+        n_act = Signal(4)
+        m.d.comb += n_act.eq(Mux(hi > lo, hi - lo, 0))
+        b_lo, b_lo1 = lane_at(lo), lane_at(lo + 1)
+
+        # The body run before any message end: first lane a1, first index p1, block length lc.
+        body = Signal()             # a body run starts in this word
+        a1 = Signal(4)
+        p1 = Signal(16)
+        lc = Signal(16)
+        pre_bad = Signal()
+        pre_phase = Signal(2)       # the phase after the word when no body run starts
+        pre_blen = Signal(16)
+        m.d.comb += [pre_phase.eq(start_phase), pre_blen.eq(blen)]
+        with m.Switch(start_phase):
+            with m.Case(_BODY):
+                m.d.comb += [body.eq(1), a1.eq(lo), p1.eq(idx), lc.eq(blen)]
+            with m.Case(_LEN_HI):
+                length = Cat(b_lo1, b_lo)
+                with m.If(n_act == 1):
+                    m.d.comb += [pre_phase.eq(_LEN_LO), pre_blen.eq(Cat(Const(0, 8), b_lo))]
+                with m.Elif(n_act >= 2):
+                    with m.If(length < MIN):
+                        m.d.comb += [pre_bad.eq(1), pre_phase.eq(_SKIP)]
+                    with m.Else():
+                        m.d.comb += [body.eq(1), a1.eq(lo + 2), lc.eq(length)]
+            with m.Case(_LEN_LO):
+                length = Cat(b_lo, blen[8:])
+                with m.If(n_act >= 1):
+                    with m.If(length < MIN):
+                        m.d.comb += [pre_bad.eq(1), pre_phase.eq(_SKIP)]
+                    with m.Else():
+                        m.d.comb += [body.eq(1), a1.eq(lo + 1), lc.eq(length)]
+        avail = Signal(4)           # body lanes of the word from a1 on
+        m.d.comb += avail.eq(Mux(hi > a1, hi - a1, 0))
+        left = Signal(16)           # body bytes of the block still to come
+        m.d.comb += left.eq(lc - p1)
+        completed = Signal()
+        m.d.comb += completed.eq(body & (left[4:] == 0) & (left[:4] <= avail))
+        n1 = Signal(4)              # bytes of the run
+        m.d.comb += n1.eq(Mux(completed, left[:4], avail))
+        e = Signal(4)               # the lane of the message's last byte
+        m.d.comb += e.eq(a1 + left[:4] - 1)
         done_len = Signal(16)
-        for b, we, lidx, before, complete, lblen in lanes:
-            with m.If(complete):
-                m.d.comb += done_len.eq(lblen)
+        m.d.comb += done_len.eq(lc)
+        m.d.comb += delivering.eq(completed & ((cur_seq >= expected) | fills.any()))
 
+        # After the end: the next block's length field at e+1, e+2 and its body from e+3.
+        seen1 = Signal(16)
+        m.d.comb += seen1.eq(seen0 + 1)
+        rest = Signal(4)
+        m.d.comb += rest.eq(hi - e - 1)
+        b_e1, b_e2 = lane_at(e + 1), lane_at(e + 2)
+        next_len = Cat(b_e2, b_e1)
+        run2 = Signal()             # a new block's first body bytes follow in this word
+        st_phase, st_idx, st_blen, st_seen, st_bad = (Signal(2, name="end_phase"), Signal(16, name="end_idx"),
+                                                      Signal(16, name="end_blen"), Signal(16, name="end_seen"),
+                                                      Signal(name="end_bad"))
+        m.d.comb += [st_phase.eq(pre_phase), st_idx.eq(idx), st_blen.eq(pre_blen), st_seen.eq(seen0),
+                     st_bad.eq(pre_bad)]
+        with m.If(completed):
+            m.d.comb += st_seen.eq(seen1)
+            with m.If(seen1 == cnt):
+                m.d.comb += st_phase.eq(_SKIP)
+            with m.Elif(rest == 0):
+                m.d.comb += st_phase.eq(_LEN_HI)
+            with m.Elif(rest == 1):
+                m.d.comb += [st_phase.eq(_LEN_LO), st_blen.eq(Cat(Const(0, 8), b_e1))]
+            with m.Elif(next_len < MIN):
+                m.d.comb += [st_phase.eq(_SKIP), st_bad.eq(1)]
+            with m.Else():
+                # At most 5 body bytes follow: fewer than any block, so no second end here.
+                m.d.comb += [run2.eq(1), st_phase.eq(_BODY), st_blen.eq(next_len), st_idx.eq(rest - 2)]
+        with m.Elif(body):
+            m.d.comb += [st_phase.eq(_BODY), st_blen.eq(lc), st_idx.eq(p1 + avail)]
+
+        # Bytes into the message buffer: the run before the end at indices p1.., the next block's
+        # first bytes at 0.. (the buffer starts again from zeros when a message ends).
+        shift1 = Signal(3)
+        m.d.comb += shift1.eq(a1[:3] - p1[:3])
+        shift2 = Signal(3)
+        m.d.comb += shift2.eq(e[:3] + 3)
+        rot1 = [lane_at(Const(q, 3) + shift1) for q in range(8)]
+        rot2 = [lane_at(Const(q, 3) + shift2) for q in range(8)]
+        span = (MAX + 8).bit_length()
+        p1_near = Signal()          # p1 within reach of the kept bytes
+        m.d.comb += p1_near.eq(p1[span:] == 0)
+        end1 = Signal(span + 1)
+        m.d.comb += end1.eq(p1[:span] + n1)
+        n2 = Signal(4)
+        m.d.comb += n2.eq(Mux(run2, rest - 2, 0))
         out_data = Signal(8 * MAX)
         new_buf = Signal(8 * MAX)
-        for p in range(MAX):
-            cur_v = byte_lane(buf, p)
-            next_v = Const(0, 8)
-            for b, we, lidx, before, complete, lblen in lanes:
-                hit = we & (lidx == p)
-                cur_v = Mux(hit & ~before, b, cur_v)
-                next_v = Mux(hit & before, b, next_v)
-            m.d.comb += [out_data[8 * p:8 * p + 8].eq(cur_v),
-                         new_buf[8 * p:8 * p + 8].eq(Mux(completed, next_v, cur_v))]
+        for q in range(MAX):
+            kept = byte_lane(buf, q)
+            written = Mux(body & p1_near & (p1[:span] <= q) & (q < end1), rot1[q % 8], kept)
+            fresh = Mux(q < n2, rot2[q % 8], 0) if q < 8 else Const(0, 8)
+            m.d.comb += [out_data[8 * q:8 * q + 8].eq(written),
+                         new_buf[8 * q:8 * q + 8].eq(Mux(completed, fresh, written))]
 
         with m.If(take):
             with m.If(word != 3):

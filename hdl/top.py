@@ -8,6 +8,7 @@ from .csr import CsrBank, CsrBusSignature, Register, registers_signature
 from .mac import MacRx, MacTx, XgmiiSignature
 from .net import NetTx
 from .market_data import MarketDataPath
+from .moldudp64 import MAX_OPEN_GAPS
 from .symbols import SymbolDirectory
 from .book import Book, book_event_layout
 from .trigger import Trigger
@@ -160,6 +161,15 @@ class Appliance(wiring.Component):
         exchange's bytes in on ``i_inbound``. The engine and its registers exist in both.
     tcp : dict
         Keyword arguments of the TCP engine (buffer_words, descriptors, rx_fifo_words).
+    tcp_engine : bool
+        ``False`` (``transport="udp"`` only): no TCP engine and no order-port receive MAC, so no
+        ``order_rx``, host data/frame, payload or punt ports; their register windows (the last
+        two) are left out. For a board whose orders go out as UDP and whose device is small.
+    max_open_gaps : int
+        Gaps the MoldUDP64 sequencer keeps open for a later copy or a retransmission to fill.
+    feed_lines : int
+        2: feed lines A and B; 1: line A only (no ``feed_rx_b``, no line-B MAC and filter; their
+        register windows stay reserved, reading 0, so no other window moves).
 
     Members
     -------
@@ -201,16 +211,23 @@ class Appliance(wiring.Component):
     """
 
     def __init__(self, *, order_queue_depth: int = 16, rx_buffer_words: int = 512, book: dict | None = None,
-                 sessions: int = 4, rules: int = 4, transport: str = "udp", tcp: dict | None = None):
+                 sessions: int = 4, rules: int = 4, transport: str = "udp", tcp: dict | None = None,
+                 tcp_engine: bool = True, feed_lines: int = 2, max_open_gaps: int = MAX_OPEN_GAPS):
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        if transport == "tcp" and not tcp_engine:
+            raise ValueError("transport 'tcp' needs the TCP engine (tcp_engine=True)")
+        if tcp is not None and not tcp_engine:
+            raise ValueError("tcp options given without the TCP engine (tcp_engine=False)")
         self.transport = transport
+        self.tcp_engine = tcp_engine
         if order_queue_depth < 2:
             raise ValueError(f"order_queue_depth must be at least 2, not {order_queue_depth!r}")
         self.order_queue_depth = order_queue_depth
         self.rx_buffer_words = rx_buffer_words
         self.identity = Identity()
-        self.market_data = MarketDataPath(rx_buffer_words=rx_buffer_words)
+        self.market_data = MarketDataPath(rx_buffer_words=rx_buffer_words, lines=feed_lines,
+                                          max_open_gaps=max_open_gaps)
         self.book = Book(**(book or {}))
         self.symbols = SymbolDirectory(slots=self.book.slots)
         self.trigger = Trigger(rules=rules)
@@ -222,13 +239,18 @@ class Appliance(wiring.Component):
         self.mac_tx = MacTx()
         self.events = EventStage()
         self.order_feedback = OrderFeedback(session=0, sessions=sessions)
-        self.mac_rx_order = MacRx(buffer_words=512)
-        self.tcp = TcpEngine(sessions=sessions, **(tcp or {}))
+        self.mac_rx_order = MacRx(buffer_words=512) if tcp_engine else None
+        self.tcp = TcpEngine(sessions=sessions, **(tcp or {})) if tcp_engine else None
         stages = {"mac_rx_order": self.mac_rx_order, "tcp": self.tcp, "events": self.events, **self.order_feedback.stages, "id": self.identity, **self.market_data.stages, "symbols": self.symbols, "book": self.book,
                   "trigger": self.trigger, "order_entry": self.order_entry,
                   "risk": self.risk, "ouch": self.ouch, "net_tx": self.net_tx, "mac_tx": self.mac_tx}
-        self.stages = {name: stages[name] for name in STAGE_ORDER}
-        self.bank = CsrBank([(name, stage.registers) for name, stage in self.stages.items()])
+        self.stages = {name: stages[name] for name in STAGE_ORDER if stages.get(name) is not None}
+        # A stage this build leaves out keeps its window (reading 0) unless no window follows it.
+        windows = list(STAGE_ORDER)
+        while windows[-1] not in self.stages:
+            windows.pop()
+        self.bank = CsrBank([(name, self.stages[name].registers if name in self.stages else ())
+                             for name in windows])
         # The market-data path's feed-side ports pass through; its records stay inside.
         feed_side = {n: v for n, v in self.market_data.signature.members.items() if n in FEED_PORTS}
         super().__init__({
@@ -239,11 +261,11 @@ class Appliance(wiring.Component):
             **({"i_inbound": In(stream.Signature(packet_layout()))} if transport == "udp" else {}),
             "o_events": Out(stream.Signature(event_record_layout)),
             "order_tx": Out(XgmiiSignature()),
-            "order_rx": In(XgmiiSignature()),
-            "i_host_data": In(stream.Signature(ouch_packet_layout())),
-            "i_host_frame": In(stream.Signature(packet_layout())),
-            "o_payload": Out(stream.Signature(ouch_packet_layout())),
-            "o_host_frame": Out(stream.Signature(packet_layout())),
+            **({"order_rx": In(XgmiiSignature()),
+                "i_host_data": In(stream.Signature(ouch_packet_layout())),
+                "i_host_frame": In(stream.Signature(packet_layout())),
+                "o_payload": Out(stream.Signature(ouch_packet_layout())),
+                "o_host_frame": Out(stream.Signature(packet_layout()))} if tcp_engine else {}),
             "csr": In(CsrBusSignature()),
         })
 
@@ -261,7 +283,8 @@ class Appliance(wiring.Component):
             connect(m, getattr(self.bank, name), stage.regs)
 
         for port in FEED_PORTS:
-            connect(m, wiring.flipped(getattr(self, port)), getattr(self.market_data, port))
+            if port in self.market_data.signature.members:
+                connect(m, wiring.flipped(getattr(self, port)), getattr(self.market_data, port))
         connect(m, self.market_data.o_records, self.symbols.i_stream)
         connect(m, self.symbols.o_stream, self.book.i_stream)
         connect(m, self.book.o_stream, self.trigger.i_stream)
@@ -285,11 +308,12 @@ class Appliance(wiring.Component):
 
         # The order port's receive side and the TCP engine's host ports.
         tcp = self.tcp
-        connect(m, wiring.flipped(self.order_rx), self.mac_rx_order.xgmii)
-        connect(m, self.mac_rx_order.o_stream, tcp.i_rx)
-        connect(m, wiring.flipped(self.i_host_data), tcp.i_host_data)
-        connect(m, wiring.flipped(self.i_host_frame), tcp.i_host_frame)
-        connect(m, tcp.o_host_frame, wiring.flipped(self.o_host_frame))
+        if tcp is not None:
+            connect(m, wiring.flipped(self.order_rx), self.mac_rx_order.xgmii)
+            connect(m, self.mac_rx_order.o_stream, tcp.i_rx)
+            connect(m, wiring.flipped(self.i_host_data), tcp.i_host_data)
+            connect(m, wiring.flipped(self.i_host_frame), tcp.i_host_frame)
+            connect(m, tcp.o_host_frame, wiring.flipped(self.o_host_frame))
         feedback = self.order_feedback.i_inbound
         if self.transport == "tcp":
             # Session 0's payload goes to the order feedback as well as to the host; both take it.
@@ -304,7 +328,8 @@ class Appliance(wiring.Component):
             connect(m, tcp.o_tx, self.mac_tx.i_stream)
         else:
             connect(m, wiring.flipped(self.i_inbound), feedback)
-            connect(m, tcp.o_payload, wiring.flipped(self.o_payload))
+            if tcp is not None:
+                connect(m, tcp.o_payload, wiring.flipped(self.o_payload))
             m.submodules.gather = self.gather
             m.d.comb += [self.gather.i_stream.valid.eq(self.order_path.o_stream.valid),
                          self.order_path.o_stream.ready.eq(self.gather.i_stream.ready)]
@@ -312,7 +337,8 @@ class Appliance(wiring.Component):
                 m.d.comb += getattr(self.gather.i_stream.payload, name).eq(getattr(self.order_path.o_stream.payload, name))
             connect(m, self.gather.o_stream, self.net_tx.i_stream)
             connect(m, self.net_tx.o_stream, self.mac_tx.i_stream)
-            # The engine still answers the host (its frames wait: the order port is the UDP path's).
-            m.d.comb += tcp.o_tx.ready.eq(0)
+            if tcp is not None:
+                # The engine still answers the host (its frames wait: the order port is the UDP path's).
+                m.d.comb += tcp.o_tx.ready.eq(0)
         connect(m, self.mac_tx.xgmii, wiring.flipped(self.order_tx))
         return m

@@ -84,7 +84,14 @@ def test_bank_read_write_strobe_and_latch():
         hi = await read(68)
         # The high word was latched with the low one: both halves of the same count.
         assert hi == lo, (hi, lo)
-        assert await read(200) == 0  # unmapped
+        assert await read(200) == 0  # unmapped: beyond the last stage's window
+        assert await read(base + 1) == 0xCAFE
+        assert await read(base + 10) == 0  # unmapped word inside a stage's window
+        assert await read(5) == 0          # a stage without registers
+        assert await read(base) == 0xDEADBEEF
+        for _ in range(3):                 # r_data holds the word until the next read
+            await ctx.tick()
+            assert ctx.get(bus.r_data) == 0xDEADBEEF
 
     sim.add_testbench(tb)
     sim.run()

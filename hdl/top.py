@@ -1,6 +1,6 @@
 """The whole appliance: feed ports A and B (XGMII) in, order port XGMII out, one register bus."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import wiring, fifo, stream
 from amaranth.lib.wiring import In, Out, connect
 
@@ -38,8 +38,9 @@ STAGE_ORDER = ("id", "mac_rx", "net_rx", "moldudp64", "itch", "trigger", "risk",
                "mac_rx_order", "tcp")
 
 #: How orders leave the order port: ``tcp`` through the TCP engine (OUCH in SoupBinTCP in TCP, what
-#: the exchange takes), ``udp`` each SoupBinTCP packet in a UDP datagram (the host relays it).
-TRANSPORTS = ("tcp", "udp")
+#: the exchange takes), ``udp`` each SoupBinTCP packet in a UDP datagram (the host relays it),
+#: ``both`` either, as the ``i_order_transport`` strap says (the simulated card: one build).
+TRANSPORTS = ("tcp", "udp", "both")
 
 
 class Identity(wiring.Component):
@@ -158,7 +159,10 @@ class Appliance(wiring.Component):
         ``"tcp"``: orders leave through the TCP engine (:class:`tickwire.hdl.tcp.TcpEngine`,
         docs/tcp.md), and the exchange's segments on ``order_rx`` come back through it into the
         order feedback; ``"udp"``: each OUCH packet leaves in a UDP datagram and the host passes the
-        exchange's bytes in on ``i_inbound``. The engine and its registers exist in both.
+        exchange's bytes in on ``i_inbound``. The engine and its registers exist in both (unless
+        ``tcp_engine`` is False). ``"both"``: either, chosen by the ``i_order_transport`` strap
+        (1: TCP), which must not change while orders are in flight (the simulated card sets it
+        before reset, so one build serves both).
     tcp : dict
         Keyword arguments of the TCP engine (buffer_words, descriptors, rx_fifo_words).
     tcp_engine : bool
@@ -187,8 +191,10 @@ class Appliance(wiring.Component):
         Order actions risk refused, with the reason, for the host.
     o_accepted : Out(stream.Signature(order_layout, always_ready=True))
         A copy of every order action risk accepted, for the host (drop copy).
+    i_order_transport : In(1)
+        ``both`` only: 1 sends orders through the TCP engine, 0 as UDP datagrams.
     i_inbound : In(stream.Signature(packet_layout()))
-        ``udp`` only: the exchange's SoupBinTCP byte stream of order session 0, passed on by the
+        ``udp`` and ``both`` (with the strap at 0): the exchange's SoupBinTCP byte stream of order session 0, passed on by the
         host: parsed, matched to the card's open orders, and its executions and cancels update
         risk's exposure (with ``tcp`` the engine's in-order payload of session 0 does this).
     order_rx : In(XgmiiSignature)
@@ -215,8 +221,8 @@ class Appliance(wiring.Component):
                  tcp_engine: bool = True, feed_lines: int = 2, max_open_gaps: int = MAX_OPEN_GAPS):
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
-        if transport == "tcp" and not tcp_engine:
-            raise ValueError("transport 'tcp' needs the TCP engine (tcp_engine=True)")
+        if transport != "udp" and not tcp_engine:
+            raise ValueError(f"transport {transport!r} needs the TCP engine (tcp_engine=True)")
         if tcp is not None and not tcp_engine:
             raise ValueError("tcp options given without the TCP engine (tcp_engine=False)")
         self.transport = transport
@@ -234,7 +240,7 @@ class Appliance(wiring.Component):
         self.order_entry = OrderEntry(sessions=sessions)
         self.order_path = OrderPath(slots=self.book.slots, sessions=sessions, order_queue_depth=order_queue_depth)
         self.risk, self.ouch = self.order_path.risk, self.order_path.ouch
-        self.gather = PacketGather(max_payload=MAX_PACKET_LENGTH) if transport == "udp" else None
+        self.gather = PacketGather(max_payload=MAX_PACKET_LENGTH) if transport != "tcp" else None
         self.net_tx = NetTx(max_payload=MAX_PACKET_LENGTH)
         self.mac_tx = MacTx()
         self.events = EventStage()
@@ -258,7 +264,8 @@ class Appliance(wiring.Component):
             "o_book_event": Out(stream.Signature(book_event_layout, always_ready=True)),
             "o_reject": Out(stream.Signature(reject_layout, always_ready=True)),
             "o_accepted": Out(stream.Signature(order_layout, always_ready=True)),
-            **({"i_inbound": In(stream.Signature(packet_layout()))} if transport == "udp" else {}),
+            **({"i_inbound": In(stream.Signature(packet_layout()))} if transport != "tcp" else {}),
+            **({"i_order_transport": In(1)} if transport == "both" else {}),
             "o_events": Out(stream.Signature(event_record_layout)),
             "order_tx": Out(XgmiiSignature()),
             **({"order_rx": In(XgmiiSignature()),
@@ -314,31 +321,43 @@ class Appliance(wiring.Component):
             connect(m, wiring.flipped(self.i_host_data), tcp.i_host_data)
             connect(m, wiring.flipped(self.i_host_frame), tcp.i_host_frame)
             connect(m, tcp.o_host_frame, wiring.flipped(self.o_host_frame))
+        # Which way orders leave: fixed by ``transport``, or the ``i_order_transport`` strap.
+        if self.transport == "both":
+            use_tcp = Signal()
+            m.d.comb += use_tcp.eq(self.i_order_transport)
+        else:
+            use_tcp = Const(int(self.transport == "tcp"), 1)
         feedback = self.order_feedback.i_inbound
-        if self.transport == "tcp":
-            # Session 0's payload goes to the order feedback as well as to the host; both take it.
-            is_fed = tcp.o_payload.payload.session == 0        # OrderFeedback(session=0)
+        orders = self.order_path.o_stream
+        mac_in = self.mac_tx.i_stream
+        if tcp is not None:
+            # TCP: session 0's payload goes to the order feedback as well as to the host (both
+            # take it); UDP: the host gets all of it, the order feedback the host's i_inbound.
+            is_fed = use_tcp & (tcp.o_payload.payload.session == 0)  # OrderFeedback(session=0)
             m.d.comb += [self.o_payload.valid.eq(tcp.o_payload.valid & (feedback.ready | ~is_fed)),
                          self.o_payload.payload.eq(tcp.o_payload.payload),
-                         feedback.valid.eq(tcp.o_payload.valid & is_fed & self.o_payload.ready),
                          tcp.o_payload.ready.eq(self.o_payload.ready & (feedback.ready | ~is_fed))]
-            for name, _ in feedback.payload.shape():
-                m.d.comb += getattr(feedback.payload, name).eq(getattr(tcp.o_payload.payload, name))
-            connect(m, self.order_path.o_stream, tcp.i_data)
-            connect(m, tcp.o_tx, self.mac_tx.i_stream)
+            m.d.comb += [tcp.i_data.valid.eq(orders.valid & use_tcp), tcp.i_data.payload.eq(orders.payload)]
+            with m.If(use_tcp):
+                m.d.comb += [feedback.valid.eq(tcp.o_payload.valid & is_fed & self.o_payload.ready),
+                             orders.ready.eq(tcp.i_data.ready)]
+                for name, _ in feedback.payload.shape():
+                    m.d.comb += getattr(feedback.payload, name).eq(getattr(tcp.o_payload.payload, name))
+            # The engine's frames wait while the order port is the UDP path's.
+            m.d.comb += [mac_in.valid.eq(Mux(use_tcp, tcp.o_tx.valid, self.net_tx.o_stream.valid)),
+                         mac_in.payload.eq(Mux(use_tcp, tcp.o_tx.payload, self.net_tx.o_stream.payload)),
+                         tcp.o_tx.ready.eq(use_tcp & mac_in.ready),
+                         self.net_tx.o_stream.ready.eq(~use_tcp & mac_in.ready)]
         else:
-            connect(m, wiring.flipped(self.i_inbound), feedback)
-            if tcp is not None:
-                connect(m, tcp.o_payload, wiring.flipped(self.o_payload))
+            connect(m, self.net_tx.o_stream, mac_in)
+        if self.gather is not None:
+            with m.If(~use_tcp):
+                m.d.comb += [feedback.valid.eq(self.i_inbound.valid), feedback.payload.eq(self.i_inbound.payload),
+                             self.i_inbound.ready.eq(feedback.ready), orders.ready.eq(self.gather.i_stream.ready)]
             m.submodules.gather = self.gather
-            m.d.comb += [self.gather.i_stream.valid.eq(self.order_path.o_stream.valid),
-                         self.order_path.o_stream.ready.eq(self.gather.i_stream.ready)]
+            m.d.comb += self.gather.i_stream.valid.eq(orders.valid & ~use_tcp)
             for name, _ in self.gather.i_stream.payload.shape():
-                m.d.comb += getattr(self.gather.i_stream.payload, name).eq(getattr(self.order_path.o_stream.payload, name))
+                m.d.comb += getattr(self.gather.i_stream.payload, name).eq(getattr(orders.payload, name))
             connect(m, self.gather.o_stream, self.net_tx.i_stream)
-            connect(m, self.net_tx.o_stream, self.mac_tx.i_stream)
-            if tcp is not None:
-                # The engine still answers the host (its frames wait: the order port is the UDP path's).
-                m.d.comb += tcp.o_tx.ready.eq(0)
         connect(m, self.mac_tx.xgmii, wiring.flipped(self.order_tx))
         return m

@@ -74,16 +74,17 @@ MAX_MESSAGE = 1 << 24
 #: Generated top level of the harness, and the executable.
 WRAPPER = "card_top"
 EXECUTABLE = "card"
-DUT = "top"
-#: Appliance DUT of each order transport (``Appliance(transport=...)``).
-TRANSPORT_DUTS = {"udp": "top", "tcp": "top_tcp"}
+#: The order transports the card serves: one build (``Appliance(transport="both")``, DUT
+#: ``top_both``) whose ``i_order_transport`` strap the harness sets from ``TICKWIRE_CARD_TRANSPORT``.
+TRANSPORTS = ("udp", "tcp")
+CARD_DUT = "top_both"
 #: Bits of the harness's wide ports (inject, inbound and event payloads).
 PAYLOAD_BITS = 256
 #: Largest packet on a packet_layout port (its ``length`` field is 16 bits); longer inbound byte
 #: runs are cut into packets of this size.
 MAX_PACKET = 0xFFFF
 #: Harness port -> (appliance port, kind). Kinds: ``xgmii_in``, ``xgmii_out``, ``stream_in``,
-#: ``stream_out`` (always ready), ``csr``.
+#: ``stream_out`` (always ready), ``csr``, ``strap`` (a 1-bit input held from before reset).
 ROLES: Mapping[str, tuple[str, str]] = {
     "feed_a": ("feed_rx", "xgmii_in"),
     "feed_b": ("feed_rx_b", "xgmii_in"),
@@ -97,6 +98,7 @@ ROLES: Mapping[str, tuple[str, str]] = {
     "payload": ("o_payload", "stream_out"),
     "tx": ("order_tx", "xgmii_out"),
     "csr": ("csr", "csr"),
+    "transport": ("i_order_transport", "strap"),
 }
 _NATIVE = Path(__file__).resolve().parent / "native"
 _SOURCES = (_NATIVE / "card_main.cpp",)
@@ -160,18 +162,14 @@ def _source_key() -> str:
                    " ".join(versions).encode())
 
 
-def build_card_harness(announce: Callable[[str], None] | None = None, *,
-                       transport: str = "udp") -> CardHarness:
+def build_card_harness(announce: Callable[[str], None] | None = None) -> CardHarness:
     """The card harness for the current gateware, built unless a build of the same sources exists
-    (the Verilog is not even generated again then). ``announce`` hears when a build starts.
-    ``transport`` picks the appliance's order transport (:data:`TRANSPORT_DUTS`)."""
+    (the Verilog is not even generated again then). ``announce`` hears when a build starts. One
+    build serves both order transports (:data:`TRANSPORTS`, chosen when the card starts)."""
     from .runner import build_root
-    if transport not in TRANSPORT_DUTS:
-        raise SimCardError(f"transport must be one of {', '.join(TRANSPORT_DUTS)}, not {transport!r}")
-    dut = TRANSPORT_DUTS[transport]
+    dut = CARD_DUT
     native = build_root() / "native"
-    suffix = "" if dut == DUT else f"-{dut}"
-    index = native / "index" / f"card{suffix}-{_source_key()}"
+    index = native / "index" / f"card-{dut}-{_source_key()}"
     if index.exists():
         directory = native / index.read_text().strip()
         if (directory / ".built").exists():
@@ -184,7 +182,7 @@ def build_card_harness(announce: Callable[[str], None] | None = None, *,
     return CardHarness.load(directory)
 
 
-def _build(native: Path, announce: Callable[[str], None], dut: str = DUT) -> Path:
+def _build(native: Path, announce: Callable[[str], None], dut: str = CARD_DUT) -> Path:
     from tickwire.hdl.build import regmap
     from tickwire.hdl.events import event_record_layout
     from tickwire.hdl.packet import packet_layout
@@ -234,7 +232,8 @@ def card_wrapper(ports: list[tuple[str, int, str]], module: str) -> tuple[str, l
                   "stream_in": [("__valid", "input"), ("__payload", "input")],
                   "stream_out": [("__valid", "output"), ("__payload", "output")],
                   "csr": [("__addr", "input"), ("__w_stb", "input"), ("__w_data", "input"),
-                          ("__r_stb", "input"), ("__r_data", "output")]}[kind]
+                          ("__r_stb", "input"), ("__r_data", "output")],
+                  "strap": [("", "input")]}[kind]
         if all(has(port + suffix, d) for suffix, d in wanted):
             roles.append(role)
     if "csr" not in roles or "feed_a" not in roles:
@@ -259,7 +258,8 @@ def card_wrapper(ports: list[tuple[str, int, str]], module: str) -> tuple[str, l
            ("host_frame_valid", "input", 1, False), ("host_frame_payload", "input", PAYLOAD_BITS, False),
            ("host_frame_ready", "output", 1, False),
            ("punt_valid", "output", 1, False), ("punt_payload", "output", PAYLOAD_BITS, False),
-           ("payload_valid", "output", 1, False), ("payload_payload", "output", PAYLOAD_BITS, False)]
+           ("payload_valid", "output", 1, False), ("payload_payload", "output", PAYLOAD_BITS, False),
+           ("transport", "input", 1, True)]
     initial = {"rst": "1'b1", "feed_a_data": f"64'h{_XGMII_IDLE_WORD:x}", "feed_a_ctrl": "8'hff",
                "feed_b_data": f"64'h{_XGMII_IDLE_WORD:x}", "feed_b_ctrl": "8'hff",
                "order_data": f"64'h{_XGMII_IDLE_WORD:x}", "order_ctrl": "8'hff"}
@@ -298,6 +298,8 @@ def card_wrapper(ports: list[tuple[str, int, str]], module: str) -> tuple[str, l
                            f"{port}__payload": f"{role}_payload[{w - 1}:0]"})
             if has(f"{port}__ready", "output"):
                 outputs[f"{port}__ready"] = f"{role}_ready"
+        elif kind == "strap":
+            inputs[port] = f"{role}_q"
         elif kind == "stream_out":
             outputs.update({f"{port}__valid": f"{role}_valid",
                             f"{port}__payload": f"{role}_payload"})
@@ -352,15 +354,21 @@ class CardEngine:
     reader thread, which must not make requests)."""
 
     def __init__(self, harness: CardHarness, on_message: Callable[[int, bytes], None], *,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, transport: str = "udp") -> None:
+        if transport not in TRANSPORTS:
+            raise SimCardError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+        if transport != "udp" and "transport" not in harness.roles:
+            raise SimCardError(f"this card harness has no order transport strap: it serves udp only")
         self.harness = harness
+        self.transport = transport
         self.timeout = timeout
         self._on_message = on_message
         self._replies: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
         self._lock = threading.Lock()
         self.cycles = 0
         self.proc = subprocess.Popen([str(harness.executable)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env={**os.environ, "TICKWIRE_CARD_TRANSPORT": transport})
         self._reader = threading.Thread(target=self._read, name="card-harness", daemon=True)
         self._reader.start()
 
@@ -581,7 +589,7 @@ class CardServer:
     MAX_FRAMES = 65536
 
     def __init__(self, harness: CardHarness, *, socket_path: str | None = None,
-                 port: int | None = None, host: str = "127.0.0.1") -> None:
+                 port: int | None = None, host: str = "127.0.0.1", transport: str = "udp") -> None:
         if (socket_path is None) == (port is None):
             raise ValueError("give a Unix socket path or a TCP port, not both or neither")
         self.harness = harness
@@ -592,7 +600,7 @@ class CardServer:
         self._tap: Any = None
         if "events" not in harness.roles:
             logger.warning("the appliance has no o_events port: the card sends no events")
-        self.engine = CardEngine(harness, self._on_message)
+        self.engine = CardEngine(harness, self._on_message, transport=transport)
         handler = _handler(self)
         if socket_path is not None:
             if os.path.exists(socket_path):
@@ -608,8 +616,8 @@ class CardServer:
         card sends goes to it as well (FCS removed), every frame the kernel sends out of it
         reaches the order port's receive side (padded to 60 bytes, FCS added), from a thread of
         its own until :meth:`close`."""
-        if "order" not in self.harness.roles:
-            raise SimCardError("this appliance has no order_rx port: serve it with --transport tcp")
+        if "order" not in self.harness.roles or self.engine.transport != "tcp":
+            raise SimCardError("the order port is the TCP engine's only with --transport tcp")
         self._tap = tap
 
         def pump() -> None:
@@ -890,8 +898,8 @@ def serve(socket_path: str | None = None, port: int | None = None, *, host: str 
     say = announce or (lambda text: logger.info("%s", text))
     if socket_path is None and port is None:
         socket_path = default_socket_path()
-    harness = build_card_harness(announce=say, transport=transport)
-    card = CardServer(harness, socket_path=socket_path, port=port, host=host)
+    harness = build_card_harness(announce=say)
+    card = CardServer(harness, socket_path=socket_path, port=port, host=host, transport=transport)
     if tap is not None:
         from .tap import Tap
         card.attach_tap(Tap(tap, netns))
@@ -924,7 +932,7 @@ def add_commands(sim_commands: Any, parents: list) -> None:
                        help=f"Unix domain socket to listen on (default: {default_socket_path()})")
     where.add_argument("--port", metavar="PORT", type=int, default=None,
                        help="listen on 127.0.0.1 TCP port PORT instead (0: any free port)")
-    parser.add_argument("--transport", metavar="KIND", choices=tuple(TRANSPORT_DUTS), default="udp",
+    parser.add_argument("--transport", metavar="KIND", choices=TRANSPORTS, default="udp",
                         help="how orders leave the card: tcp (the card's TCP engine, docs/tcp.md) "
                              "or udp (a datagram per packet, relayed by the host) (default: %(default)s)")
 

@@ -91,7 +91,7 @@ def _duts() -> dict[str, Dut]:
         "ouch": Dut("ouch", ouch.OuchEncoder),
         "ouch_inbound": Dut("ouch_inbound", ouch_inbound.OuchParser),
         "top": Dut("tickwire_top", top.Appliance),
-        "top_tcp": Dut("tickwire_top", lambda: top.Appliance(transport="tcp")),
+        "top_both": Dut("tickwire_top", lambda: top.Appliance(transport="both")),
         "market_data": Dut("market_data", market_data.MarketDataTop),
         "book_path": Dut("book_path", market_data.BookTop),
         "book": Dut("book", lambda: book.Book(slots=8, capacity=256, ways=4, depth=4)),

@@ -1,5 +1,5 @@
-"""``tickwire demo`` over TCP: the Verilated appliance (``transport="tcp"``) trades with the exchange
-simulator through Linux TAP interfaces in a network namespace of its own.
+"""``tickwire demo`` over TCP: the Verilated appliance (its order transport strap at TCP) trades
+with the exchange simulator through Linux TAP interfaces in a network namespace of its own.
 
 Wiring (everything but the card lives in namespace ``twdemo<pid>``, removed at the end)::
 
@@ -91,10 +91,10 @@ def run_tcp_demo(*, seconds: float = 6.0, host_orders: int = 4,
     from .card import CardServer, _order_fields, build_card_harness, stop_process
     from .tap import Tap, TapBridge, configure
 
-    harness = build_card_harness(announce=say, transport="tcp")
+    harness = build_card_harness(announce=say)
     netns = f"twdemo{os.getpid()}"
     work = Path(tempfile.mkdtemp(prefix="tickwire-demo-"))
-    server = CardServer(harness, socket_path=str(work / "card.sock"))
+    server = CardServer(harness, socket_path=str(work / "card.sock"), transport="tcp")
     threading.Thread(target=server.serve_forever, name="card-server", daemon=True).start()
     processes: list[subprocess.Popen] = []
     taps: list[Any] = []

@@ -140,6 +140,9 @@ public:
         top->inbound_valid = 0;
         top->host_data_valid = 0;
         top->host_frame_valid = 0;
+        // The order port's transport strap (a build with both): TICKWIRE_CARD_TRANSPORT=tcp.
+        const char* transport = std::getenv("TICKWIRE_CARD_TRANSPORT");
+        top->transport = transport != nullptr && std::strcmp(transport, "tcp") == 0;
         top->eval();
     }
 

@@ -47,7 +47,7 @@ def netns():
 def tcp_card_server(tmp_path_factory):
     """``tickwire sim serve --transport tcp`` on a Unix socket, for the whole module (built once)."""
     from tickwire.sim.card import build_card_harness, served
-    build_card_harness(announce=lambda text: print(text, file=sys.stderr), transport="tcp")
+    build_card_harness(announce=lambda text: print(text, file=sys.stderr))
     with served(tmp_path_factory.mktemp("tcpcard"), transport="tcp") as path:
         yield path
 

@@ -27,7 +27,9 @@ STEPS = ("elaborate", "synthesize", "place and route", "pack bitstream")
 #: ``("--router", "router2")`` routed faster but 10-20 % slower (rgmii_tx 142 MHz against 159),
 #: and on the ECPIX-5 appliance (70 % of the LUTs) router2 still had 12,500 overused wires after
 #: 12 minutes, converging 4 % an iteration (2026-11-28, docs/boards.md).
-NEXTPNR_OPTIONS: tuple[str, ...] = ()
+#: nextpnr-ecp5 options of every build: router2 (router1, nextpnr-ecp5's default, stalled in
+#: congestion on the full ECPIX-5 appliance: ripping up most of what it routed).
+NEXTPNR_OPTIONS: tuple[str, ...] = ("--router", "router2")
 
 
 @dataclass

@@ -7,12 +7,13 @@ from typing import Any, Mapping
 
 from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.lib.cdc import ResetSynchronizer
 
-from ..hdl.mac import MacRx, MacTx
+from ..hdl.mac import MacRx, MacTx, XgmiiSignature
 from ..hdl.rgmii import IDLE_WORD, RGMII_CLOCK_HZ, XGMII_WORD_RATE_HZ, RgmiiMac
 
-__all__ = ["Ecpix5Top", "Ecpix5Loopback", "add_clocks", "PLL_VCO_HZ", "core_clock_hz",
+__all__ = ["Ecpix5Top", "Ecpix5Core", "Ecpix5Loopback", "add_clocks", "PLL_VCO_HZ", "core_clock_hz",
            "check_appliance_kwargs", "ECPIX5_APPLIANCE", "ECPIX5_CORE_DIVIDER", "ECPIX5_MAC_ADDRESS"]
 
 #: The ECPIX-5's whole configuration of the appliance, in one place: the ``Appliance`` keyword
@@ -23,8 +24,9 @@ __all__ = ["Ecpix5Top", "Ecpix5Loopback", "add_clocks", "PLL_VCO_HZ", "core_cloc
 #: queue, and the smallest feed buffer ``MacRx`` takes (512 words: two maximum frames). The one
 #: port carries one feed line (no line B) and the orders as UDP datagrams the host relays (no
 #: TCP engine); with one line and no retransmission injection one open gap is kept (4 gaps of
-#: 64-bit sequence ranges were a fifth of the logic): the full build with the defaults did not
-#: route (docs/boards.md).
+#: 64-bit sequence ranges were a fifth of the logic); the management port reads the feed MAC's
+#: frames and sends through the order MAC (no MAC pair of its own): the full build with the
+#: defaults did not route (docs/boards.md).
 #: docs/boards.md lists it; docs/benchmarks.md has what it measured.
 ECPIX5_APPLIANCE: dict[str, Any] = {
     "book": {"slots": 8, "capacity": 1024, "ways": 2, "depth": 2},
@@ -35,6 +37,8 @@ ECPIX5_APPLIANCE: dict[str, Any] = {
     "feed_lines": 1,
     "tcp_engine": False,
     "max_open_gaps": 1,
+    "feed_frame_tap": True,
+    "port_frames": True,
 }
 #: CLKOS divider of the 750 MHz VCO for the core clock (``sync``): 38 -> 19.74 MHz, the slowest
 #: divider above the 19.53 MHz (1.25 x 15.625 MHz) the core needs to keep up with 1 GbE. With
@@ -43,11 +47,6 @@ ECPIX5_APPLIANCE: dict[str, Any] = {
 ECPIX5_CORE_DIVIDER = 38
 #: Locally administered: 02, "twir", 01.
 ECPIX5_MAC_ADDRESS = 0x02_74_77_69_72_01
-#: The management port's receive buffer: its requests are single minimum-size frames, so a
-#: 128-byte frame limit and 32 words (two of them) instead of a feed MAC's 1,536 and 512; longer
-#: frames on the port (the feed) are dropped by it as oversize.
-MANAGEMENT_MAX_FRAME = 128
-MANAGEMENT_BUFFER_WORDS = 32
 
 #: EHXPLLL: 100 MHz in, /4 to a 25 MHz phase detector, x5 feedback on CLKOP (125 MHz, /6 from a
 #: 750 MHz VCO); the core clock is the VCO divided by ``core_divider`` on CLKOS.
@@ -131,15 +130,64 @@ def _check_core_divider(core_divider: int) -> None:
                          f"the core must run at least 1.25 x {XGMII_WORD_RATE_HZ} Hz")
 
 
+class Ecpix5Core(wiring.Component):
+    """The board's core-domain design on its one Ethernet port: the appliance and the management
+    port sharing the appliance's MACs. Every good frame the feed MAC receives goes to the feed
+    path and to the management port (``feed_frame_tap``), each taking it at its own pace; the
+    management port's replies and event frames leave through the order port's MAC, merged with
+    the orders packet by packet (``port_frames``). Feed line B (when the configuration has it) is
+    held idle and the host injection port is unused.
+
+    Parameters
+    ----------
+    appliance_kwargs : mapping
+        ``Appliance`` keyword arguments; ``feed_frame_tap`` and ``port_frames`` must be set.
+    mac_address : int
+        The card's MAC address for the management port.
+
+    Members
+    -------
+    rx : In(XgmiiSignature)
+        The port's receive side (core domain).
+    tx : Out(XgmiiSignature)
+        The port's transmit side: orders, management replies and event frames.
+    """
+
+    def __init__(self, *, appliance_kwargs: Mapping[str, Any], mac_address: int):
+        from ..hdl.top import Appliance
+        from .management import ManagementPort
+        kwargs = check_appliance_kwargs(appliance_kwargs)
+        if not (kwargs.get("feed_frame_tap") and kwargs.get("port_frames")):
+            raise ValueError("the ECPIX-5 core shares the appliance's MACs with the management "
+                             "port: its configuration needs feed_frame_tap=True and port_frames=True")
+        self.appliance = Appliance(**kwargs)
+        self.management = ManagementPort(mac_address=mac_address)
+        super().__init__({"rx": In(XgmiiSignature()), "tx": Out(XgmiiSignature())})
+
+    def elaborate(self, platform):
+        m = Module()
+        appliance = m.submodules.appliance = self.appliance
+        port = m.submodules.management = self.management
+        wiring.connect(m, wiring.flipped(self.rx), appliance.feed_rx)
+        if "feed_rx_b" in appliance.signature.members:
+            m.d.comb += [appliance.feed_rx_b.data.eq(IDLE_WORD), appliance.feed_rx_b.ctrl.eq(0xFF)]
+        m.d.comb += appliance.i_inject.valid.eq(0)
+        wiring.connect(m, appliance.order_tx, wiring.flipped(self.tx))
+        wiring.connect(m, appliance.o_feed_frames, port.i_stream)
+        wiring.connect(m, port.o_stream, appliance.i_port_frames)
+        wiring.connect(m, port.csr, appliance.csr)
+        wiring.connect(m, appliance.o_events, port.i_events)     # event records as event frames
+        return m
+
+
 class Ecpix5Top(Elaboratable):
     """Clocks, the RGMII MAC, the management port and the appliance on the ECPIX-5.
 
     Clocks: ``rgmii_tx`` 125 MHz (PLL CLKOP) drives the transmit pins and TXC; ``rgmii_rx`` is the
     PHY's RXC (125 MHz); ``sync``, the appliance's core clock, is PLL CLKOS at
     750 MHz / ``core_divider``. Async FIFOs in ``RgmiiMac`` cross between them. The one Ethernet
-    port carries the feed in, the orders out, and the register access of ``ManagementPort``.
-    Feed line B (when the configuration has it) is held idle and the host injection port is
-    unused.
+    port carries the feed in, the orders out, and the register access of ``ManagementPort``
+    (:class:`Ecpix5Core`).
 
     Parameters
     ----------
@@ -163,30 +211,12 @@ class Ecpix5Top(Elaboratable):
         m = Module()
         lock, reset_button = add_clocks(m, platform, self.core_divider)
 
-        # -- Ethernet ---------------------------------------------------------------------------
-        mac = add_ethernet(m, platform, lock, ("order", "management"))
-
-        from ..hdl.top import Appliance
-        from .management import ManagementPort
-        appliance = m.submodules.appliance = Appliance(**self.appliance_kwargs)
-        wiring.connect(m, mac.xgmii_rx, appliance.feed_rx)
-        if "feed_rx_b" in appliance.signature.members:
-            m.d.comb += [appliance.feed_rx_b.data.eq(IDLE_WORD), appliance.feed_rx_b.ctrl.eq(0xFF)]
-        m.d.comb += appliance.i_inject.valid.eq(0)
-        wiring.connect(m, appliance.order_tx, mac.order)
-
-        # -- management: its own MacRx / MacTx on the same port ---------------------------------
-        management_rx = m.submodules.management_rx = MacRx(buffer_words=MANAGEMENT_BUFFER_WORDS,
-                                                           max_frame=MANAGEMENT_MAX_FRAME)
-        management_tx = m.submodules.management_tx = MacTx()
-        port = m.submodules.management = ManagementPort(mac_address=self.mac_address)
-        m.d.comb += [management_rx.xgmii.data.eq(mac.xgmii_rx.data),
-                     management_rx.xgmii.ctrl.eq(mac.xgmii_rx.ctrl)]
-        wiring.connect(m, management_rx.o_stream, port.i_stream)
-        wiring.connect(m, port.o_stream, management_tx.i_stream)
-        wiring.connect(m, management_tx.xgmii, mac.management)
-        wiring.connect(m, port.csr, appliance.csr)
-        wiring.connect(m, appliance.o_events, port.i_events)     # event records as event frames
+        # -- Ethernet: one port for the feed, the orders and register access -------------------
+        core = m.submodules.core = Ecpix5Core(appliance_kwargs=self.appliance_kwargs,
+                                              mac_address=self.mac_address)
+        mac = add_ethernet(m, platform, lock, ("order",))
+        wiring.connect(m, mac.xgmii_rx, core.rx)
+        wiring.connect(m, core.tx, mac.order)
 
         # -- LEDs: green when the PLL is locked, blue toggles on every received frame -----------
         led = platform.request("rgb_led", 0)

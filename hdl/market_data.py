@@ -1,6 +1,6 @@
 """Market-data path: feed lines A and B (XGMII) and the injection port in, decoded ITCH records out."""
 
-from amaranth.hdl import Module
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring, stream
 from amaranth.lib.wiring import In, Out, connect
 
@@ -12,7 +12,7 @@ from .moldudp64 import MAX_OPEN_GAPS, MoldUdp64, gap_layout
 from .net import NetRx
 from .packet import packet_layout
 
-__all__ = ["MarketDataPath", "MarketDataTop", "BookTop", "MARKET_DATA_STAGES", "ARBITER_INPUTS"]
+__all__ = ["MarketDataPath", "MarketDataTop", "BookTop", "MARKET_DATA_STAGES", "ARBITER_INPUTS", "fork"]
 
 #: The stages of the path with registers. Line A's stages and the sequencer come first in
 #: pipeline order; line B's MAC and filter follow, so the windows line A had before line B
@@ -21,6 +21,20 @@ MARKET_DATA_STAGES = ("mac_rx", "net_rx", "moldudp64", "itch", "mac_rx_b", "net_
 
 #: Inputs of the packet arbiter in front of the sequencer, by index.
 ARBITER_INPUTS = ("feed_a", "feed_b", "inject")
+
+
+def fork(m: Module, source, sinks) -> None:
+    """Every beat of stream ``source`` to each of the streams ``sinks``, each taking it when it
+    is ready: a sink that took the beat waits (``valid`` low) until all have, then the source
+    moves on. No sink's ``valid`` depends on another sink's ``ready``; no added latency."""
+    taken = [Signal(name=f"fork_taken_{k}") for k in range(len(sinks))]
+    done = [t | sink.ready for t, sink in zip(taken, sinks)]
+    all_done = Signal()
+    m.d.comb += [all_done.eq(Cat(done).all()), source.ready.eq(all_done)]
+    for t, sink, d in zip(taken, sinks, done):
+        m.d.comb += [sink.valid.eq(source.valid & ~t), sink.payload.eq(source.payload)]
+        with m.If(source.valid):
+            m.d.sync += t.eq(Mux(all_done, 0, d))
 
 
 class MarketDataPath(wiring.Component):
@@ -42,6 +56,10 @@ class MarketDataPath(wiring.Component):
         a board with one Ethernet port).
     max_open_gaps : int
         Gaps the MoldUDP64 sequencer keeps open for filling (:class:`MoldUdp64`).
+    frame_tap : bool
+        Also offer line A's good frames (the MAC's output) on ``o_frames``: each frame goes to
+        both the filter and ``o_frames``, each taking it at its own pace (a board's management
+        port shares the feed port's MAC this way).
 
     Members
     -------
@@ -55,17 +73,21 @@ class MarketDataPath(wiring.Component):
         One decoded record per delivered message.
     o_gap : Out(stream.Signature(gap_layout, always_ready=True))
         Gap events: the missing range, one beat per gap.
+    o_frames : Out(stream.Signature(packet_layout()))
+        ``frame_tap`` only: every good frame of line A, as the filter gets it.
 
     Latency
     -------
     The sum of the stages' (docs/architecture.md); the arbiter adds none.
     """
 
-    def __init__(self, *, rx_buffer_words: int = 512, lines: int = 2, max_open_gaps: int = MAX_OPEN_GAPS):
+    def __init__(self, *, rx_buffer_words: int = 512, lines: int = 2, max_open_gaps: int = MAX_OPEN_GAPS,
+                 frame_tap: bool = False):
         if lines not in (1, 2):
             raise ValueError(f"lines must be 1 or 2, not {lines!r}")
         self.rx_buffer_words = rx_buffer_words
         self.lines = lines
+        self.frame_tap = frame_tap
         self.mac_rx = MacRx(buffer_words=rx_buffer_words)
         self.net_rx = NetRx()
         self.mac_rx_b = MacRx(buffer_words=rx_buffer_words) if lines == 2 else None
@@ -81,6 +103,7 @@ class MarketDataPath(wiring.Component):
             "i_inject": In(stream.Signature(packet_layout())),
             "o_records": Out(stream.Signature(record_layout)),
             "o_gap": Out(stream.Signature(gap_layout, always_ready=True)),
+            **({"o_frames": Out(stream.Signature(packet_layout()))} if frame_tap else {}),
         })
 
     def elaborate(self, platform):
@@ -90,7 +113,10 @@ class MarketDataPath(wiring.Component):
         m.submodules.arbiter = self.arbiter
         inputs = dict(zip(ARBITER_INPUTS, self.arbiter.i_stream))
         connect(m, wiring.flipped(self.feed_rx), self.mac_rx.xgmii)
-        connect(m, self.mac_rx.o_stream, self.net_rx.i_stream)
+        if self.frame_tap:
+            fork(m, self.mac_rx.o_stream, (self.net_rx.i_stream, self.o_frames))
+        else:
+            connect(m, self.mac_rx.o_stream, self.net_rx.i_stream)
         connect(m, self.net_rx.o_stream, inputs["feed_a"])
         if self.lines == 2:
             connect(m, wiring.flipped(self.feed_rx_b), self.mac_rx_b.xgmii)

@@ -18,6 +18,7 @@ from .risk import Risk, reject_layout, exposure_update_layout
 from .ouch import OuchEncoder, MAX_PACKET_LENGTH, ouch_packet_layout
 from .book import BookQuerySignature
 from .packet import PacketGather
+from .arbiter import PacketArbiter
 from .events import EventStage, event_record_layout
 from .order_feedback import OrderFeedback, ORDER_FEEDBACK_STAGES
 from .packet import packet_layout
@@ -171,6 +172,13 @@ class Appliance(wiring.Component):
         two) are left out. For a board whose orders go out as UDP and whose device is small.
     max_open_gaps : int
         Gaps the MoldUDP64 sequencer keeps open for a later copy or a retransmission to fill.
+    port_frames : bool
+        Also send the host's own frames (``i_port_frames``) out of the order port, whole frames
+        merged with the orders by a packet arbiter in front of the MAC (a board whose one
+        Ethernet port carries the management replies too: one transmit MAC, not two).
+    feed_frame_tap : bool
+        Offer every good frame of feed line A on ``o_feed_frames`` too (a board's management port
+        reading requests from the same port without a receive MAC of its own).
     feed_lines : int
         2: feed lines A and B; 1: line A only (no ``feed_rx_b``, no line-B MAC and filter; their
         register windows stay reserved, reading 0, so no other window moves).
@@ -218,7 +226,8 @@ class Appliance(wiring.Component):
 
     def __init__(self, *, order_queue_depth: int = 16, rx_buffer_words: int = 512, book: dict | None = None,
                  sessions: int = 4, rules: int = 4, transport: str = "udp", tcp: dict | None = None,
-                 tcp_engine: bool = True, feed_lines: int = 2, max_open_gaps: int = MAX_OPEN_GAPS):
+                 tcp_engine: bool = True, feed_lines: int = 2, max_open_gaps: int = MAX_OPEN_GAPS,
+                 port_frames: bool = False, feed_frame_tap: bool = False):
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         if transport != "udp" and not tcp_engine:
@@ -233,7 +242,8 @@ class Appliance(wiring.Component):
         self.rx_buffer_words = rx_buffer_words
         self.identity = Identity()
         self.market_data = MarketDataPath(rx_buffer_words=rx_buffer_words, lines=feed_lines,
-                                          max_open_gaps=max_open_gaps)
+                                          max_open_gaps=max_open_gaps, frame_tap=feed_frame_tap)
+        self.port_arbiter = PacketArbiter(n_inputs=2) if port_frames else None
         self.book = Book(**(book or {}))
         self.symbols = SymbolDirectory(slots=self.book.slots)
         self.trigger = Trigger(rules=rules)
@@ -268,6 +278,8 @@ class Appliance(wiring.Component):
             **({"i_order_transport": In(1)} if transport == "both" else {}),
             "o_events": Out(stream.Signature(event_record_layout)),
             "order_tx": Out(XgmiiSignature()),
+            **({"i_port_frames": In(stream.Signature(packet_layout()))} if port_frames else {}),
+            **({"o_feed_frames": Out(stream.Signature(packet_layout()))} if feed_frame_tap else {}),
             **({"order_rx": In(XgmiiSignature()),
                 "i_host_data": In(stream.Signature(ouch_packet_layout())),
                 "i_host_frame": In(stream.Signature(packet_layout())),
@@ -330,6 +342,14 @@ class Appliance(wiring.Component):
         feedback = self.order_feedback.i_inbound
         orders = self.order_path.o_stream
         mac_in = self.mac_tx.i_stream
+        if self.port_arbiter is not None:
+            # The order port's frames first, then the host's, packet by packet.
+            m.submodules.port_arbiter = self.port_arbiter
+            connect(m, wiring.flipped(self.i_port_frames), self.port_arbiter.i_stream[1])
+            connect(m, self.port_arbiter.o_stream, mac_in)
+            mac_in = self.port_arbiter.i_stream[0]
+        if "o_feed_frames" in self.signature.members:
+            connect(m, self.market_data.o_frames, wiring.flipped(self.o_feed_frames))
         if tcp is not None:
             # TCP: session 0's payload goes to the order feedback as well as to the host (both
             # take it); UDP: the host gets all of it, the order feedback the host's i_inbound.

@@ -239,13 +239,14 @@ def _placement_estimate(log: Path) -> list[dict[str, Any]]:
 
 
 def appliance_figures(board: Board | str, *, out_dir: Path | None = None, build: bool = True,
-                      seed: int = 1) -> dict[str, Any]:
+                      seed: int | None = None) -> dict[str, Any]:
     """Post-route Fmax per clock, utilization (LUT4, FF, EBR, DSP: synthesized and placed) and
     build times of ``board``'s full open-flow build. Reuses ``out_dir``
     (``build/boards/NAME``) when its design files hash the same as the board's design now;
     otherwise builds (``build=True``, slow) or returns the last build's figures with a
     ``stale_note`` (``{"stale": ...}`` when there is none)."""
     board = BOARDS[board] if isinstance(board, str) else board
+    seed = board.seed if seed is None else seed
     if board.flow != "ecp5":
         raise ValueError(f"board {board.name} is built with {board.flow}, not the open flow")
     folder = Path(out_dir) if out_dir is not None else cache_root() / "boards" / board.name

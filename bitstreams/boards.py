@@ -37,6 +37,7 @@ class Board:
     appliance_kwargs: Mapping[str, Any] = field(default_factory=dict)
     make_top: Callable[[], Any] | None = None
     make_platform: Callable[[], Any] | None = None
+    seed: int = 1                   # nextpnr's placement seed of this board's builds
 
 
 def _ecpix5_platform():

@@ -67,11 +67,12 @@ def _nothing(step: str, state: str) -> None:
 
 
 def build_board(board: Board, out_dir: Path, *, progress: Progress = _nothing,
-                allow_timing_failure: bool = False, seed: int = 1) -> BuildResult:
+                allow_timing_failure: bool = False, seed: int | None = None) -> BuildResult:
     """Build ``board`` into ``out_dir``. ECP5: a bitstream, its yosys log, nextpnr log and timing
     report (``tickwire.tim``, ``tickwire.report.json``) and ``build.json`` with the figures;
     ``TimingError`` when a clock misses its constraint (the files stay). Vivado boards: the
-    project folder (see ``bitstreams.kcu105``)."""
+    project folder (see ``bitstreams.kcu105``). ``seed``: nextpnr's (default: the board's)."""
+    seed = board.seed if seed is None else seed
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if board.flow == "vivado":

@@ -9,9 +9,11 @@ from amaranth.sim import Simulator
 
 from tickwire.bitstreams.ecpix5 import ECPIX5_APPLIANCE, ECPIX5_MAC_ADDRESS, Ecpix5Core
 from tickwire.hdl.csr import MAGIC
-from tickwire.hdl.rgmii import IDLE_WORD, START_WORD
+from tickwire.hdl.rgmii import IDLE_WORD
 from tickwire.protocols.management import (APPLIED, READ, WRITE, ManagementRequest, decode_reply,
                                            encode_request, frame_kind)
+
+from test_rgmii import _xgmii_words  # noqa: E402  (the XGMII frame encoder of the RGMII tests)
 
 CARD = ECPIX5_MAC_ADDRESS.to_bytes(6, "big")
 HOST = bytes.fromhex("02000000000a")
@@ -20,15 +22,7 @@ HOST = bytes.fromhex("02000000000a")
 def xgmii_frame(body: bytes) -> list[tuple[int, int]]:
     """``body`` padded to 60 bytes, its FCS, as XGMII (data, ctrl) words with idles after it."""
     body = body.ljust(60, b"\0")
-    body += zlib.crc32(body).to_bytes(4, "little")
-    lanes = [(b, 0) for b in body] + [(0xFD, 1)]
-    lanes += [(0x07, 1)] * (-len(lanes) % 8)
-    words = [(START_WORD, 0x01)]
-    for i in range(0, len(lanes), 8):
-        chunk = lanes[i:i + 8]
-        words.append((int.from_bytes(bytes(b for b, _ in chunk), "little"),
-                      sum(c << k for k, (_, c) in enumerate(chunk))))
-    return words + [(IDLE_WORD, 0xFF)] * 2
+    return _xgmii_words(body + zlib.crc32(body).to_bytes(4, "little")) + [(IDLE_WORD, 0xFF)] * 2
 
 
 def frames_from_xgmii(words) -> list[bytes]:

@@ -202,9 +202,10 @@ class Appliance(wiring.Component):
     i_order_transport : In(1)
         ``both`` only: 1 sends orders through the TCP engine, 0 as UDP datagrams.
     i_inbound : In(stream.Signature(packet_layout()))
-        ``udp`` and ``both`` (with the strap at 0): the exchange's SoupBinTCP byte stream of order session 0, passed on by the
-        host: parsed, matched to the card's open orders, and its executions and cancels update
-        risk's exposure (with ``tcp`` the engine's in-order payload of session 0 does this).
+        ``udp`` and ``both`` (with the strap at 0): the exchange's SoupBinTCP byte stream of order
+        session 0, passed on by the host: parsed, matched to the card's open orders, and its
+        executions and cancels update risk's exposure (with ``tcp`` the engine's in-order payload
+        of session 0 does this).
     order_rx : In(XgmiiSignature)
         The order port's receive side (the exchange's segments, ARP): MAC, then the TCP engine.
     i_host_data, i_host_frame : In(stream.Signature(...))
@@ -235,7 +236,6 @@ class Appliance(wiring.Component):
         if tcp is not None and not tcp_engine:
             raise ValueError("tcp options given without the TCP engine (tcp_engine=False)")
         self.transport = transport
-        self.tcp_engine = tcp_engine
         if order_queue_depth < 2:
             raise ValueError(f"order_queue_depth must be at least 2, not {order_queue_depth!r}")
         self.order_queue_depth = order_queue_depth

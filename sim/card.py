@@ -358,7 +358,7 @@ class CardEngine:
         if transport not in TRANSPORTS:
             raise SimCardError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
         if transport != "udp" and "transport" not in harness.roles:
-            raise SimCardError(f"this card harness has no order transport strap: it serves udp only")
+            raise SimCardError("this card harness has no order transport strap: it serves udp only")
         self.harness = harness
         self.transport = transport
         self.timeout = timeout

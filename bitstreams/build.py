@@ -23,13 +23,11 @@ NAME = "tickwire"
 #: The steps of an ECP5 build, in order, as the progress display names them.
 STEPS = ("elaborate", "synthesize", "place and route", "pack bitstream")
 #: nextpnr-ecp5 options of every board build beyond device, files and seed (part of the cache key
-#: of ``bitstreams.bench``). Left at nextpnr's defaults (router1): on the RGMII loopback
-#: ``("--router", "router2")`` routed faster but 10-20 % slower (rgmii_tx 142 MHz against 159),
-#: and on the ECPIX-5 appliance (70 % of the LUTs) router2 still had 12,500 overused wires after
-#: 12 minutes, converging 4 % an iteration (2026-11-28, docs/boards.md).
-#: nextpnr-ecp5 options of every build: router2 (router1, nextpnr-ecp5's default, stalled in
-#: congestion on the full ECPIX-5 appliance: ripping up most of what it routed).
-NEXTPNR_OPTIONS: tuple[str, ...] = ("--router", "router2")
+#: of ``bitstreams.bench``). The analytic "static" placer spreads the design: on the full ECPIX-5
+#: appliance the default heap placer's placement never routed (router2 oscillated at a few
+#: hundred overused wires, router1 stalled), the static placer's routed in 77 router2 iterations
+#: (2026-11-28, docs/boards.md).
+NEXTPNR_OPTIONS: tuple[str, ...] = ("--placer", "static", "--router", "router2")
 
 
 @dataclass

@@ -70,7 +70,7 @@ def test_loopback_elaborates_with_the_same_clocks():
 
 
 @pytest.mark.skipif(os.environ.get("TICKWIRE_PNR") != "1",
-                    reason="place and route of the RGMII loopback takes about 6 minutes: TICKWIRE_PNR=1")
+                    reason="place and route of the RGMII loopback takes a few minutes: TICKWIRE_PNR=1")
 def test_loopback_meets_timing_after_place_and_route(tmp_path):
     # The RGMII MAC's 125 MHz receive and transmit domains, placed and routed with a MacRx and a
     # MacTx in the core domain: every clock meets its constraint and a bitstream is written.

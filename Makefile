@@ -17,8 +17,10 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/tickwire demo
 
 # pytest exits with 5 when it collected no tests: that is a failure here, not a pass.
+# TICKWIRE_PREBUILD=1: the whole-appliance Verilator builds start in the background at once
+# (tickwire.sim.prebuild, log in build/prebuild.log) and compile while single-threaded tests run.
 test: $(VENV)/.installed dpdk nettools
-	@rc=0; $(VENV)/bin/python -m pytest -q --durations=30 || rc=$$?; \
+	@rc=0; TICKWIRE_PREBUILD=1 $(VENV)/bin/python -m pytest -q --durations=30 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: error: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 

@@ -222,9 +222,10 @@ def verilate(native: Path, name: str, verilog: Path, wrapper_module: str, wrappe
     """Build a native harness once: ``verilog`` (the DUT), the generated top level
     ``wrapper_module`` (``wrapper_text``) and the C++ ``sources`` into ``executable`` in
     ``native/<name>-<verilog hash>-<harness hash>/``, with ``doc`` beside it as ``harness.json``.
-    Returns that folder; an existing build of the same inputs is reused. (Other harnesses than
-    the replay, e.g. :mod:`tickwire.sim.card`, build through this.)"""
-    from .runner import verilator_env, verilator_root
+    Returns that folder; an existing build of the same inputs is reused, and a build another
+    process is making is waited for. (Other harnesses than the replay, e.g.
+    :mod:`tickwire.sim.card`, build through this.)"""
+    from .runner import build_lock, verilator_env, verilator_root
     flags = list(_VERILATOR_FLAGS)
     flags[flags.index("--top-module") + 1] = wrapper_module
     flags[flags.index("-o") + 1] = executable
@@ -234,37 +235,41 @@ def verilate(native: Path, name: str, verilog: Path, wrapper_module: str, wrappe
     directory = native / f"{name}-{verilog_digest}-{harness_digest}"
     if (directory / ".built").exists():
         return directory
-    native.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=native))
-    wrapper = work / f"{wrapper_module}.v"
-    wrapper.write_text(wrapper_text)
-    env = {**os.environ, **verilator_env()}
-    command = [str(verilator_root() / "bin" / "verilator"), *flags, "-j", str(os.cpu_count() or 2),
-               str(verilog), str(wrapper), *(str(s) for s in sources)]
-    announce(f"building the {name} harness in {directory} "
-             f"(a few minutes, once per change of the gateware)")
-    t0 = time.monotonic()
-    with open(work / "build.log", "w") as log:
-        log.write(" ".join(command) + "\n")
-        log.flush()
-        done = subprocess.run(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        tail = (work / "build.log").read_text().splitlines()[-30:]
-        raise RuntimeError(f"building the {name} harness failed (exit {done.returncode}); "
-                           f"log: {work / 'build.log'}\n" + "\n".join(tail))
-    (work / "obj_dir" / executable).replace(work / executable)
-    shutil.rmtree(work / "obj_dir")
-    (work / "harness.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (work / ".built").write_text(f"{verilog_digest} {harness_digest}\n")
-    work.chmod(0o755)
-    try:
-        work.rename(directory)
-    except OSError:  # built by someone else meanwhile
-        if not (directory / ".built").exists():
-            raise
-        shutil.rmtree(work, ignore_errors=True)
-    logger.info("%s harness built in %.0f s", name, time.monotonic() - t0)
-    return directory
+    with build_lock(directory.name):
+        if (directory / ".built").exists():   # built by another process while this one waited
+            return directory
+        native.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=native))
+        wrapper = work / f"{wrapper_module}.v"
+        wrapper.write_text(wrapper_text)
+        env = {**os.environ, **verilator_env()}
+        command = [str(verilator_root() / "bin" / "verilator"), *flags,
+                   "-j", str(os.cpu_count() or 2), str(verilog), str(wrapper),
+                   *(str(s) for s in sources)]
+        announce(f"building the {name} harness in {directory} "
+                 f"(a few minutes, once per change of the gateware)")
+        t0 = time.monotonic()
+        with open(work / "build.log", "w") as log:
+            log.write(" ".join(command) + "\n")
+            log.flush()
+            done = subprocess.run(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            tail = (work / "build.log").read_text().splitlines()[-30:]
+            raise RuntimeError(f"building the {name} harness failed (exit {done.returncode}); "
+                               f"log: {work / 'build.log'}\n" + "\n".join(tail))
+        (work / "obj_dir" / executable).replace(work / executable)
+        shutil.rmtree(work / "obj_dir")
+        (work / "harness.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (work / ".built").write_text(f"{verilog_digest} {harness_digest}\n")
+        work.chmod(0o755)
+        try:
+            work.rename(directory)
+        except OSError:  # built by someone else meanwhile
+            if not (directory / ".built").exists():
+                raise
+            shutil.rmtree(work, ignore_errors=True)
+        logger.info("%s harness built in %.0f s", name, time.monotonic() - t0)
+        return directory
 
 
 def _address_map(top) -> dict[str, dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -9,12 +11,12 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Dut", "verilator_root", "verilator_env", "generate", "build", "run", "build_top",
-           "build_root", "SimulationFailed"]
+           "build_root", "build_lock", "SimulationFailed"]
 
 
 class SimulationFailed(RuntimeError):
@@ -29,6 +31,21 @@ def build_root() -> Path:
     """Where builds go: ``$TICKWIRE_BUILD_DIR`` or ``build/`` at the top of the checkout."""
     env = os.environ.get("TICKWIRE_BUILD_DIR")
     return Path(env) if env else _repo_root() / "build"
+
+
+@contextlib.contextmanager
+def build_lock(key: str) -> Iterator[None]:
+    """Holds ``build_root()/locks/KEY.lock`` (``flock``) for the block: one process builds
+    ``key`` while others that want it wait, then find it built (``tickwire.sim.prebuild``
+    builds in the background while the tests run)."""
+    locks = build_root() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{key}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def verilator_root() -> Path:
@@ -132,14 +149,15 @@ def generate(name: str) -> tuple[Path, str]:
     out_dir = build_root() / "verilog"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}-{digest}.v"
-    if not path.exists():
-        path.write_text(text)
+    if not path.exists():   # whole or not at all: another process may be reading it
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
     return path, digest
 
 
 def build(name: str) -> Path:
     """Build DUT ``name`` with Verilator once; later calls with the same Verilog reuse the build."""
-    from cocotb_tools.runner import get_runner
     _apply_env()
     source, digest = generate(name)
     build_dir = build_root() / "sim" / f"{name}-{digest}"
@@ -147,6 +165,16 @@ def build(name: str) -> Path:
     if stamp.exists():
         logger.debug("reusing %s", build_dir)
         return build_dir
+    with build_lock(build_dir.name):
+        if stamp.exists():   # built by another process while this one waited
+            return build_dir
+        _verilate(name, source, build_dir)
+        stamp.write_text(digest + "\n")
+    return build_dir
+
+
+def _verilate(name: str, source: Path, build_dir: Path) -> None:
+    from cocotb_tools.runner import get_runner
     logger.info("building %s with Verilator into %s", name, build_dir)
     runner = get_runner("verilator")
     runner.build(
@@ -158,8 +186,6 @@ def build(name: str) -> Path:
         always=True,
         log_file=build_dir / "build.log" if build_dir.exists() else None,
     )
-    stamp.write_text(digest + "\n")
-    return build_dir
 
 
 def build_top() -> Path:

@@ -208,7 +208,8 @@ def book_figures(*, cache: Path | None = None, clock_hz: float = BOOK_CLOCK_HZ, 
 
 
 def _args(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v!r}" for k, v in params.items())
+    return ", ".join(f"{k}={v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k}={v!r}"
+                     for k, v in params.items())
 
 
 def _board_key(board: Board, seed: int) -> str:

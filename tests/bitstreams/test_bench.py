@@ -151,3 +151,10 @@ def test_report_and_histogram(tmp_path):
     assert "| `Journal.appender` | 2,000,000 | 2,000,000 |" in text
     assert "0.100 messages/cycle" in text
     json.dumps(figures)    # what main saves must be JSON
+
+
+def test_parameters_read_as_python():
+    # The "how" texts list constructor arguments: flags as True/False, sizes with separators.
+    assert ecp5_bench._args({"tcp_engine": False, "feed_frame_tap": True, "capacity": 4096,
+                             "book": {"ways": 2}}) == \
+        "tcp_engine=False, feed_frame_tap=True, capacity=4,096, book={'ways': 2}"

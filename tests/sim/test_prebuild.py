@@ -88,3 +88,41 @@ def test_prebuild_builds_in_order_and_reports_failures(monkeypatch, caplog):
     assert "prebuild of book failed" in caplog.text and "no Verilator" in caplog.text
     with pytest.raises(SystemExit):
         prebuild.main(["bitstream"])
+
+
+def test_build_reuses_the_build_of_the_same_sources_without_elaborating(tmp_path, monkeypatch):
+    from tickwire.sim import runner
+    monkeypatch.setenv("TICKWIRE_BUILD_DIR", str(tmp_path))
+    made = tmp_path / "sim" / "mac_tx-0123456789abcdef"
+    made.mkdir(parents=True)
+    (made / ".built").write_text("0123456789abcdef\n")
+    runner._index(tmp_path / "sim", f"mac_tx-{runner.source_key()}", made)
+
+    class Elaborated(Exception):
+        pass
+
+    def generate(name):
+        raise Elaborated(name)
+    monkeypatch.setattr(runner, "generate", generate)
+    assert runner.build("mac_tx") == made
+    # Another source key (a changed gateware file): elaborated again.
+    monkeypatch.setattr(runner, "source_key", lambda *extra: "changed")
+    with pytest.raises(Elaborated):
+        runner.build("mac_tx")
+    # An index pointing at an unfinished build is not trusted.
+    monkeypatch.undo()
+    monkeypatch.setenv("TICKWIRE_BUILD_DIR", str(tmp_path))
+    monkeypatch.setattr(runner, "generate", generate)
+    (made / ".built").unlink()
+    with pytest.raises(Elaborated):
+        runner.build("mac_tx")
+
+
+def test_source_key_follows_every_gateware_file(tmp_path):
+    from tickwire.sim import runner
+    extra = tmp_path / "harness.cpp"
+    extra.write_text("int main() {}\n")
+    key = runner.source_key(extra)
+    assert runner.source_key(extra) == key and runner.source_key() != key
+    extra.write_text("int main() { return 1; }\n")
+    assert runner.source_key(extra) != key

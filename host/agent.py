@@ -139,8 +139,10 @@ class _Waiter:
 class Agent:
     """The agent; :meth:`start` (set-up, may raise), :meth:`run` (the loop), :meth:`close`."""
 
-    def __init__(self, options: AgentOptions) -> None:
+    def __init__(self, options: AgentOptions, *,
+                 open_card: Callable[[Any, Any], Any] | None = None) -> None:
         self.options = options
+        self._open_card = open_card   # (driver config, register map) -> Card; Card.open if None
         self.config: Any = None
         self.regmap: Any = None
         self.card: Any = None
@@ -195,7 +197,7 @@ class Agent:
         self._rebuild()
         from .control import ControlServer
         self._control = ControlServer(o.control, self.submit)
-        self.card = Card.open(self.config.card.driver_config(), self.regmap)
+        self.card = (self._open_card or Card.open)(self.config.card.driver_config(), self.regmap)
         driver = self.card.driver
         self.inbound_port = "inbound" in getattr(driver, "send_ports", ())
         if o.apply_config:

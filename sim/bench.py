@@ -5,8 +5,8 @@ Figures: tick-to-trade cycles and the sustained message rate of the whole applia
 (a replayed feed), the native replay harness's speed on a 1,000,000-message feed (checked against
 the reference decoder), the per-stage latencies of ``docs/architecture.md``, post-route Fmax and
 utilization of each open-flow board's full build and of the order book on an ECP5-85F
-(``tickwire.bitstreams.bench``, cached in ``build/`` by a hash of the design), and the host
-journal's append rate. Each figure in the document says how it was measured.
+(``tickwire.bitstreams.bench``, cached in ``build/`` by a hash of the design), the host
+journal's append rate and the host agent's event rate. Each figure in the document says how it was measured.
 """
 
 from __future__ import annotations
@@ -162,6 +162,11 @@ def _section_order_wire(figures: dict[str, Any], lines: list[str]) -> None:
 def _measure_journal() -> dict[str, Any]:
     from ..host.bench_journal import bench_journal
     return bench_journal().as_dict()
+
+
+def _measure_agent() -> dict[str, Any]:
+    from ..host.bench_agent import bench_agent
+    return bench_agent().as_dict()
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -351,6 +356,21 @@ def _section_journal(j: dict[str, Any], lines: list[str]) -> None:
               f"(`appender`, wall clock): {'met' if j['meets_goal'] else '**not met**'}.", ""]
 
 
+def _section_agent(a: dict[str, Any], lines: list[str]) -> None:
+    lines += ["## Host agent", "",
+              "| card events | events/s (wall clock) | events/s (CPU time) |", "|---|---|---|",
+              f"| RISK_REJECT (journalled) | {_n(a['reject_events_per_second'])} | "
+              f"{_n(a['reject_cpu_events_per_second'])} |",
+              f"| ORDER_SENT (kept for its order frame) | {_n(a['order_sent_events_per_second'])} | "
+              f"{_n(a['order_sent_cpu_events_per_second'])} |", "",
+              f"* `tickwire.host.bench_agent.bench_agent()`: the agent as `tickwire run` runs it "
+              f"(config file, journal in `/dev/shm` when there is one, control socket, metrics), "
+              f"its card an in-memory event ring the bench fills with {a['events']:,} events of "
+              f"each kind; the time from queueing them to the agent having taken the last. So the "
+              f"figures are the host's cost per event, not a transport's; "
+              f"{a['journalled']:,} REJECT records were journalled.", ""]
+
+
 def _section_dpdk(f: dict[str, Any], lines: list[str]) -> None:
     from .bench_dpdk import section
     section(f, lines)
@@ -369,7 +389,7 @@ def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
         ("tick_to_trade", _section_tick_to_trade), ("replay", _section_replay),
         ("stages", _section_stages), ("order_wire", _section_order_wire), ("boards", _section_boards),
         ("book", _section_book),
-        ("journal", _section_journal), ("dpdk", _section_dpdk)]
+        ("journal", _section_journal), ("agent", _section_agent), ("dpdk", _section_dpdk)]
     for key, write in sections:
         value = figures.get(key)
         reused = figures.get("reused", {}).get(key)
@@ -378,7 +398,8 @@ def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
             title = {"tick_to_trade": "Tick-to-trade", "replay": "Native replay speed",
                      "stages": "Per-stage latency", "order_wire": "Order intent to the wire over TCP",
                      "boards": "Boards", "book": "Order book",
-                     "journal": "Host journal", "dpdk": "DPDK versus rawpacket"}[key]
+                     "journal": "Host journal", "agent": "Host agent",
+                     "dpdk": "DPDK versus rawpacket"}[key]
             lines += [f"## {title}", "", f"Not measured in this run: {value['failed']}", ""]
         elif value is not None:
             write(value, lines)
@@ -391,7 +412,7 @@ def write_report(figures: dict[str, Any], path: Path = DOC) -> None:
 # -- the command -----------------------------------------------------------------------------------
 
 #: The parts ``--skip`` names.
-PARTS = ("tick_to_trade", "replay", "boards", "book", "journal", "dpdk")
+PARTS = ("tick_to_trade", "replay", "boards", "book", "journal", "agent", "dpdk")
 
 
 def _figures_file() -> Path:
@@ -434,7 +455,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", action="append", default=[], metavar="PART",
                         choices=PARTS,
                         help="do not measure a part (repeatable): tick_to_trade, replay, boards, "
-                             "book, journal, dpdk; the report keeps its figures from the last run "
+                             "book, journal, agent, dpdk; the report keeps its figures from the last run "
                              "(build/bench/figures.json), dated (default: none)")
     parser.add_argument("--doc", type=Path, default=DOC, metavar="FILE",
                         help="the report to write (default: docs/benchmarks.md)")
@@ -492,6 +513,11 @@ def main(argv=None) -> int:
             j = figures["journal"]
             print(f"journal: appender {_n(j['appender_records_per_second'])} records/s, "
                   f"append_many {_n(j['append_many_records_per_second'])} records/s (wall clock)")
+    if "agent" not in args.skip:
+        if _attempt("agent", figures, _measure_agent):
+            a = figures["agent"]
+            print(f"agent: {_n(a['reject_events_per_second'])} RISK_REJECT events/s journalled, "
+                  f"{_n(a['order_sent_events_per_second'])} ORDER_SENT events/s (wall clock)")
     if "dpdk" not in args.skip:
         from .bench_dpdk import measure as measure_dpdk, print_figures as print_dpdk
         if _attempt("dpdk", figures, measure_dpdk):

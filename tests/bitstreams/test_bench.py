@@ -139,6 +139,9 @@ def test_report_and_histogram(tmp_path):
                     "append_cpu_records_per_second": 1e6, "appender_cpu_records_per_second": 2e6,
                     "append_many_cpu_records_per_second": 3e6, "read_records_per_second": 4e6,
                     "goal_records_per_second": 500_000, "meets_goal": True},
+        "agent": {"events": 1000, "reject_events_per_second": 5e4, "reject_cpu_events_per_second": 6e4,
+                  "order_sent_events_per_second": 1e5, "order_sent_cpu_events_per_second": 2e5,
+                  "journalled": 1000},
     }
     doc = tmp_path / "benchmarks.md"
     sim_bench.write_report(figures, doc)
@@ -149,6 +152,7 @@ def test_report_and_histogram(tmp_path):
     assert "| book | 3 cycles |" in text
     assert "`ecpix5`: no post-route figures: no finished build" in text
     assert "| `Journal.appender` | 2,000,000 | 2,000,000 |" in text
+    assert "| RISK_REJECT (journalled) | 50,000 | 60,000 |" in text and "1,000 events of each" in text
     assert "0.100 messages/cycle" in text
     json.dumps(figures)    # what main saves must be JSON
 

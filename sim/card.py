@@ -155,14 +155,14 @@ def build_card_harness(announce: Callable[[str], None] | None = None) -> CardHar
     """The card harness for the current gateware, built unless a build of the same sources exists
     (the Verilog is not even generated again then). ``announce`` hears when a build starts. One
     build serves both order transports (:data:`TRANSPORTS`, chosen when the card starts)."""
-    from .runner import _index, _indexed, build_root
+    from .runner import build_root, index_build, indexed_build
     dut = CARD_DUT
     native = build_root() / "native"
     key = f"card-{dut}-{_source_key()}"
-    directory = _indexed(native, key)
+    directory = indexed_build(native, key)
     if directory is None:
         directory = _build(native, announce or (lambda text: logger.info("%s", text)), dut)
-        _index(native, key, directory)
+        index_build(native, key, directory)
     return CardHarness.load(directory)
 
 

@@ -161,17 +161,17 @@ def build_harness(announce: Callable[[str], None] | None = None, *, dut: str = D
     """The replay harness for the current gateware around ``dut`` (:data:`HARNESS_DUTS`), built
     unless a build of the same Verilog and harness sources exists. ``announce`` is told, in a
     sentence, when a build starts."""
-    from .runner import _index, _indexed, build_root
+    from .runner import build_root, index_build, indexed_build
     if dut not in HARNESS_DUTS:
         raise ValueError(f"no replay harness for {dut!r}; known: {', '.join(HARNESS_DUTS)}")
     native = build_root() / "native"
     key = _source_key() + ("" if dut == DUT else f"-{dut}")
-    directory = _indexed(native, key)
+    directory = indexed_build(native, key)
     if directory is not None:
         logger.debug("reusing replay harness %s", directory)
         return Harness.load(directory)
     harness = _build(native, announce or (lambda text: logger.info("%s", text)), dut)
-    _index(native, key, harness.directory)
+    index_build(native, key, harness.directory)
     return harness
 
 

@@ -16,7 +16,8 @@ from typing import Callable, Iterator
 logger = logging.getLogger(__name__)
 
 __all__ = ["Dut", "verilator_root", "verilator_env", "generate", "build", "run", "build_top",
-           "build_root", "build_lock", "source_key", "digest", "SimulationFailed"]
+           "build_root", "build_lock", "source_key", "digest", "index_build", "indexed_build",
+           "SimulationFailed"]
 
 
 class SimulationFailed(RuntimeError):
@@ -59,7 +60,7 @@ def source_key(*extra: Path) -> str:
                     + f.read_bytes() for f in files), " ".join(versions).encode())
 
 
-def _index(folder: Path, key: str, directory: Path) -> None:
+def index_build(folder: Path, key: str, directory: Path) -> None:
     """Records that ``key`` was built into ``directory`` (``folder/index/KEY``), atomically."""
     index = folder / "index" / key
     index.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def _index(folder: Path, key: str, directory: Path) -> None:
     tmp.replace(index)
 
 
-def _indexed(folder: Path, key: str) -> Path | None:
+def indexed_build(folder: Path, key: str) -> Path | None:
     """The finished build ``key`` was recorded for in ``folder``, if any."""
     index = folder / "index" / key
     if index.exists():
@@ -205,7 +206,7 @@ def build(name: str) -> Path:
     """Build DUT ``name`` with Verilator once; later calls with the same Verilog reuse the build."""
     _apply_env()
     folder, key = build_root() / "sim", f"{name}-{source_key()}"
-    built = _indexed(folder, key)
+    built = indexed_build(folder, key)
     if built is not None:   # same sources: not even elaborated again
         logger.debug("reusing %s", built)
         return built
@@ -216,7 +217,7 @@ def build(name: str) -> Path:
         if not stamp.exists():   # else built by another process while this one waited
             _verilate(name, source, build_dir)
             stamp.write_text(verilog_digest + "\n")
-    _index(folder, key, build_dir)
+    index_build(folder, key, build_dir)
     return build_dir
 
 

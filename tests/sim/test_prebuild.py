@@ -96,7 +96,7 @@ def test_build_reuses_the_build_of_the_same_sources_without_elaborating(tmp_path
     made = tmp_path / "sim" / "mac_tx-0123456789abcdef"
     made.mkdir(parents=True)
     (made / ".built").write_text("0123456789abcdef\n")
-    runner._index(tmp_path / "sim", f"mac_tx-{runner.source_key()}", made)
+    runner.index_build(tmp_path / "sim", f"mac_tx-{runner.source_key()}", made)
 
     class Elaborated(Exception):
         pass

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from ..protocols.events import Event, EventType
 from .agent import Agent, AgentOptions
-from .bench_journal import _folder
+from .bench_journal import scratch_folder
 from .card import Card
 from .journal import JournalReader, RecordType
 
@@ -87,7 +87,8 @@ class AgentBench:
         return asdict(self)
 
 
-def _feed(agent: Agent, ring: _EventRing, events: list[Event], timeout: float) -> tuple[float, float]:
+def _feed(agent: Agent, ring: _EventRing, events: list[Event],
+          timeout: float) -> tuple[float, float]:
     """Queues ``events`` and waits until the agent has taken them all; (wall, CPU) seconds."""
     before = agent.counts["events"]
     wall, cpu = time.perf_counter(), time.process_time()
@@ -108,7 +109,8 @@ def bench_agent(events: int = 100_000, *, timeout: float = 120.0) -> AgentBench:
     if events < 1:
         raise ValueError(f"events must be at least 1, not {events}")
     ring = _EventRing()
-    with tempfile.TemporaryDirectory(prefix="tickwire-agent-bench-", dir=_folder()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="tickwire-agent-bench-",
+                                     dir=scratch_folder()) as tmp:
         folder = Path(tmp)
         (folder / "agent.toml").write_text(_CONFIG)
         agent = Agent(AgentOptions(config=folder / "agent.toml", journal=folder / "journal",

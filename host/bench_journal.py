@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from .journal import HEADER_SIZE, Journal, JournalReader, RecordType
 
-__all__ = ["JournalBench", "bench_journal", "main"]
+__all__ = ["JournalBench", "bench_journal", "scratch_folder", "main"]
 
 #: The goal of issue 8: records per second appended from the agent.
 GOAL_RECORDS_PER_SECOND = 500_000
@@ -51,7 +51,8 @@ class JournalBench:
                 "meets_goal": self.meets_goal}
 
 
-def _folder() -> str | None:
+def scratch_folder() -> str | None:
+    """``/dev/shm`` when it exists and is writable (the benches' temporary folders), else None."""
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
@@ -80,7 +81,8 @@ def bench_journal(records: int = 1_000_000, *, repeats: int = 3,
         cpu[name] = max(cpu.get(name, 0.0), records / max(times[1], 1e-9))
 
     for run in range(repeats):
-        with tempfile.TemporaryDirectory(prefix="tickwire-bench-", dir=_folder()) as folder:
+        with tempfile.TemporaryDirectory(prefix="tickwire-bench-",
+                                         dir=scratch_folder()) as folder:
             def path(name: str) -> str:
                 return os.path.join(folder, name)
 

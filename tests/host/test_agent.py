@@ -129,18 +129,17 @@ tracked = ["AAPL", "MSFT"]
 
 
 @pytest.fixture
-def agent(tmp_path, monkeypatch):
+def agent(tmp_path):
     regmap = RegisterMap.load()
     driver = ModelDriver(regmap)
-    monkeypatch.setattr(Card, "open", classmethod(
-        lambda cls, config, regmap=None, **kw: cls(driver, regmap, check_identity=False)))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)  # the session connects and waits for a login answer that never comes
     path = tmp_path / "agent.toml"
     path.write_text(CONFIG.format(port=listener.getsockname()[1]))
     agent = Agent(AgentOptions(config=path, journal=tmp_path / "journal",
-                               control=str(tmp_path / "agent.sock"), reconcile_interval=0.05))
+                               control=str(tmp_path / "agent.sock"), reconcile_interval=0.05),
+                  open_card=lambda config, regmap: Card(driver, regmap, check_identity=False))
     agent.start()
     agent.driver = driver
     thread = threading.Thread(target=agent.run, daemon=True)
